@@ -1,0 +1,43 @@
+use thiserror::Error;
+
+/// Errors of the hypervisor layer. Messages name the problem and, where one exists, the fix.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("{path} does not exist: load the KVM module (modprobe kvm_intel or kvm_amd) or enable virtualization in the firmware")]
+    DeviceMissing { path: String },
+    #[error("no permission to open {path}: add your user to the 'kvm' group or run as root")]
+    DeviceAccess { path: String },
+    #[error("cannot open {path}: {source}")]
+    DeviceOpen {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("KVM API version {0} is not supported (need 12)")]
+    ApiVersion(i32),
+    #[error("the hypervisor lacks a required capability: {0}")]
+    MissingCapability(&'static str),
+    #[error("no hypervisor backend was built into berth")]
+    NoBackend,
+    #[error("{op} failed: {source}")]
+    Ioctl {
+        op: &'static str,
+        source: std::io::Error,
+    },
+    #[error("installing the vCPU kick signal handler failed: {0}")]
+    Signal(vmm_sys_util::errno::Error),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl Error {
+    /// Wraps a failed ioctl (errno) with the name of the operation.
+    pub fn ioctl(op: &'static str, e: impl Into<std::io::Error>) -> Self {
+        Error::Ioctl {
+            op,
+            source: e.into(),
+        }
+    }
+}
+
+/// Result of the hypervisor layer.
+pub type Result<T> = std::result::Result<T, Error>;

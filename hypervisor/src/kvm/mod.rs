@@ -1,0 +1,270 @@
+//! The KVM backend, on kvm-ioctls. The only module in berth that names KVM.
+
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+#[cfg(target_arch = "x86_64")]
+use x86_64::{default_irqchip_for, pin_routes, PIN_COUNT};
+
+use std::sync::Arc;
+
+use kvm_bindings::{
+    kvm_irq_routing_entry, kvm_userspace_memory_region, KvmIrqRouting, KVM_IRQ_ROUTING_IRQCHIP,
+    KVM_IRQ_ROUTING_MSI, KVM_MEM_READONLY, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{Cap, Kvm, VcpuExit as KvmExit, VcpuFd, VmFd};
+
+use crate::irq::{IoEventAddress, IrqChip, IrqRoute};
+use crate::{
+    Error, EventFd, Hypervisor, HypervisorKind, MemoryRegion, Result, SystemEvent, Vcpu, VcpuExit,
+    Vm,
+};
+
+const KVM_PATH: &str = "/dev/kvm";
+
+/// Capabilities berth cannot work without, with the name users see.
+const REQUIRED_CAPS: &[(Cap, &str)] = &[
+    (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+    (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+    (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+    (Cap::Irqfd, "KVM_CAP_IRQFD"),
+    (Cap::IrqRouting, "KVM_CAP_IRQ_ROUTING"),
+    #[cfg(target_arch = "x86_64")]
+    (Cap::Pit2, "KVM_CAP_PIT2"),
+    #[cfg(target_arch = "x86_64")]
+    (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+    #[cfg(target_arch = "x86_64")]
+    (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+];
+
+/// Handle on /dev/kvm.
+pub struct KvmHypervisor {
+    kvm: Kvm,
+}
+
+impl KvmHypervisor {
+    /// Opens /dev/kvm and checks the API version and the capabilities berth needs.
+    pub fn new() -> Result<Self> {
+        let kvm = Kvm::new().map_err(|e| {
+            let path = KVM_PATH.to_string();
+            match e.errno() {
+                libc::ENOENT => Error::DeviceMissing { path },
+                libc::EACCES | libc::EPERM => Error::DeviceAccess { path },
+                _ => Error::DeviceOpen {
+                    path,
+                    source: e.into(),
+                },
+            }
+        })?;
+        let version = kvm.get_api_version();
+        if version != kvm_bindings::KVM_API_VERSION as i32 {
+            return Err(Error::ApiVersion(version));
+        }
+        for (cap, name) in REQUIRED_CAPS {
+            if !kvm.check_extension(*cap) {
+                return Err(Error::MissingCapability(name));
+            }
+        }
+        Ok(KvmHypervisor { kvm })
+    }
+}
+
+impl Hypervisor for KvmHypervisor {
+    fn kind(&self) -> HypervisorKind {
+        HypervisorKind::Kvm
+    }
+
+    fn max_vcpus(&self) -> u32 {
+        self.kvm.get_max_vcpus() as u32
+    }
+
+    fn create_vm(&self) -> Result<Arc<dyn Vm>> {
+        let fd = self
+            .kvm
+            .create_vm()
+            .map_err(|e| Error::ioctl("KVM_CREATE_VM", e))?;
+        let vm = KvmVm { fd: Arc::new(fd) };
+        vm.arch_setup()?;
+        Ok(Arc::new(vm))
+    }
+}
+
+/// A KVM VM.
+pub struct KvmVm {
+    fd: Arc<VmFd>,
+}
+
+impl Vm for KvmVm {
+    unsafe fn add_memory_region(&self, region: MemoryRegion) -> Result<()> {
+        let mem = kvm_userspace_memory_region {
+            slot: region.slot,
+            flags: if region.read_only {
+                KVM_MEM_READONLY
+            } else {
+                0
+            },
+            guest_phys_addr: region.guest_addr,
+            memory_size: region.size,
+            userspace_addr: region.host_addr,
+        };
+        // SAFETY: the caller guarantees the host mapping outlives the VM (this fn's contract).
+        unsafe { self.fd.set_user_memory_region(mem) }
+            .map_err(|e| Error::ioctl("KVM_SET_USER_MEMORY_REGION", e))
+    }
+
+    fn create_irq_chip(&self) -> Result<Arc<dyn IrqChip>> {
+        self.arch_create_irq_chip()?;
+        Ok(Arc::new(KvmIrqChip {
+            vm: self.fd.clone(),
+        }))
+    }
+
+    fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>> {
+        let fd = self
+            .fd
+            .create_vcpu(u64::from(id))
+            .map_err(|e| Error::ioctl("KVM_CREATE_VCPU", e))?;
+        Ok(Box::new(KvmVcpu { id, fd }))
+    }
+
+    fn register_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: IoEventAddress,
+        datamatch: Option<u64>,
+    ) -> Result<()> {
+        let addr = kvm_ioevent_addr(addr);
+        match datamatch {
+            Some(v) => self.fd.register_ioevent(evt, &addr, v),
+            None => self
+                .fd
+                .register_ioevent(evt, &addr, kvm_ioctls::NoDatamatch),
+        }
+        .map_err(|e| Error::ioctl("KVM_IOEVENTFD", e))
+    }
+
+    fn unregister_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: IoEventAddress,
+        datamatch: Option<u64>,
+    ) -> Result<()> {
+        let addr = kvm_ioevent_addr(addr);
+        match datamatch {
+            Some(v) => self.fd.unregister_ioevent(evt, &addr, v),
+            None => self
+                .fd
+                .unregister_ioevent(evt, &addr, kvm_ioctls::NoDatamatch),
+        }
+        .map_err(|e| Error::ioctl("KVM_IOEVENTFD (deassign)", e))
+    }
+}
+
+fn kvm_ioevent_addr(addr: IoEventAddress) -> kvm_ioctls::IoEventAddress {
+    match addr {
+        IoEventAddress::Pio(a) => kvm_ioctls::IoEventAddress::Pio(a),
+        IoEventAddress::Mmio(a) => kvm_ioctls::IoEventAddress::Mmio(a),
+    }
+}
+
+/// The in-kernel interrupt controller of a KVM VM.
+pub struct KvmIrqChip {
+    vm: Arc<VmFd>,
+}
+
+impl IrqChip for KvmIrqChip {
+    fn pin_count(&self) -> u32 {
+        PIN_COUNT
+    }
+
+    fn set_irq_line(&self, gsi: u32, level: bool) -> Result<()> {
+        self.vm
+            .set_irq_line(gsi, level)
+            .map_err(|e| Error::ioctl("KVM_IRQ_LINE", e))
+    }
+
+    fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<()> {
+        self.vm
+            .register_irqfd(evt, gsi)
+            .map_err(|e| Error::ioctl("KVM_IRQFD", e))
+    }
+
+    fn unregister_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<()> {
+        self.vm
+            .unregister_irqfd(evt, gsi)
+            .map_err(|e| Error::ioctl("KVM_IRQFD (deassign)", e))
+    }
+
+    fn set_msi_routes(&self, routes: &[IrqRoute]) -> Result<()> {
+        // KVM_SET_GSI_ROUTING replaces the whole table: restate the platform's pin routes.
+        let mut entries: Vec<kvm_irq_routing_entry> = pin_routes();
+        for route in routes {
+            let mut e = kvm_irq_routing_entry::default();
+            match *route {
+                IrqRoute::Pin { gsi, pin } => {
+                    e.gsi = gsi;
+                    e.type_ = KVM_IRQ_ROUTING_IRQCHIP;
+                    e.u.irqchip.irqchip = default_irqchip_for(pin);
+                    e.u.irqchip.pin = pin;
+                }
+                IrqRoute::Msi { gsi, msi } => {
+                    e.gsi = gsi;
+                    e.type_ = KVM_IRQ_ROUTING_MSI;
+                    e.u.msi.address_lo = msi.address as u32;
+                    e.u.msi.address_hi = (msi.address >> 32) as u32;
+                    e.u.msi.data = msi.data;
+                }
+            }
+            entries.push(e);
+        }
+        let table = KvmIrqRouting::from_entries(&entries)
+            .map_err(|_| Error::InvalidArgument(format!("{} irq routes", entries.len())))?;
+        self.vm
+            .set_gsi_routing(&table)
+            .map_err(|e| Error::ioctl("KVM_SET_GSI_ROUTING", e))
+    }
+}
+
+/// A KVM vCPU.
+pub struct KvmVcpu {
+    id: u32,
+    fd: VcpuFd,
+}
+
+impl Vcpu for KvmVcpu {
+    fn id(&self) -> u32 {
+        self.id
+    }
+
+    fn run(&mut self) -> Result<VcpuExit<'_>> {
+        match self.fd.run() {
+            Ok(exit) => Ok(match exit {
+                KvmExit::IoIn(port, data) => VcpuExit::IoIn { port, data },
+                KvmExit::IoOut(port, data) => VcpuExit::IoOut { port, data },
+                KvmExit::MmioRead(addr, data) => VcpuExit::MmioRead { addr, data },
+                KvmExit::MmioWrite(addr, data) => VcpuExit::MmioWrite { addr, data },
+                KvmExit::Hlt => VcpuExit::Halt,
+                // x86: a triple fault; the guest wants a reset (Linux's last-resort reboot).
+                KvmExit::Shutdown => VcpuExit::System(SystemEvent::Reset),
+                KvmExit::SystemEvent(kind, _) => match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => VcpuExit::System(SystemEvent::PowerOff),
+                    KVM_SYSTEM_EVENT_RESET => VcpuExit::System(SystemEvent::Reset),
+                    KVM_SYSTEM_EVENT_CRASH => VcpuExit::System(SystemEvent::Crash),
+                    other => VcpuExit::Unhandled {
+                        what: format!("KVM system event {other}"),
+                    },
+                },
+                KvmExit::Intr => VcpuExit::Interrupted,
+                KvmExit::InternalError => VcpuExit::InternalError { code: 0 },
+                KvmExit::FailEntry(reason, _cpu) => VcpuExit::FailEntry { reason },
+                other => VcpuExit::Unhandled {
+                    what: format!("KVM exit {other:?}"),
+                },
+            }),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                Ok(VcpuExit::Interrupted)
+            }
+            Err(e) => Err(Error::ioctl("KVM_RUN", e)),
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! berth's hypervisor layer.
+//!
+//! Everything the rest of berth knows about a hypervisor goes through the traits in this crate:
+//! [`Hypervisor`] (a host-wide handle), [`Vm`] (memory, ioevents, the interrupt controller) and
+//! [`Vcpu`] (run it, read and write its registers). Register state and exits are neutral types
+//! defined here; each backend (today `kvm`) converts them. Arch-specific methods live in per-arch
+//! supertraits ([`arch::HypervisorArch`], [`arch::VmArch`], [`arch::VcpuArch`]) so a single
+//! `dyn Vcpu` carries them without casts, the way crosvm's `VcpuX86_64` does.
+//!
+//! A new backend implements these traits in `src/<name>/` and is registered in [`open`]; nothing
+//! outside this crate changes (see `docs/porting.md`).
+
+mod error;
+mod exit;
+pub mod irq;
+#[cfg(feature = "kvm")]
+pub mod kvm;
+
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
+#[cfg(target_arch = "x86_64")]
+pub use x86_64 as arch;
+
+use std::sync::Arc;
+
+pub use error::{Error, Result};
+pub use exit::{SystemEvent, VcpuExit};
+pub use irq::{IoEventAddress, IrqChip};
+pub use vmm_sys_util::eventfd::EventFd;
+
+use arch::{HypervisorArch, VcpuArch, VmArch};
+
+/// Which hypervisor backend to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HypervisorKind {
+    /// Linux KVM through /dev/kvm.
+    Kvm,
+}
+
+impl std::fmt::Display for HypervisorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HypervisorKind::Kvm => f.write_str("kvm"),
+        }
+    }
+}
+
+/// A host-wide handle on a hypervisor.
+pub trait Hypervisor: HypervisorArch + Send + Sync {
+    /// The backend behind this handle.
+    fn kind(&self) -> HypervisorKind;
+    /// Largest number of vCPUs one VM may have.
+    fn max_vcpus(&self) -> u32;
+    /// Creates an empty VM.
+    fn create_vm(&self) -> Result<Arc<dyn Vm>>;
+}
+
+/// A guest memory mapping handed to the hypervisor.
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryRegion {
+    /// Slot number, unique per VM.
+    pub slot: u32,
+    /// Guest physical address of the first byte.
+    pub guest_addr: u64,
+    /// Length in bytes; a multiple of the host page size.
+    pub size: u64,
+    /// Host virtual address of the mapping backing the region.
+    pub host_addr: u64,
+    /// The guest may not write the region; writes exit as MMIO.
+    pub read_only: bool,
+}
+
+/// A virtual machine: address space, interrupt controller and vCPUs.
+pub trait Vm: VmArch + Send + Sync {
+    /// Maps host memory into the guest physical address space.
+    ///
+    /// # Safety
+    /// `region.host_addr .. + region.size` must be a mapping that stays valid, and is not
+    /// unmapped or remapped, for as long as the VM exists.
+    unsafe fn add_memory_region(&self, region: MemoryRegion) -> Result<()>;
+
+    /// Creates the platform interrupt controller (on x86_64 the PIC/IOAPIC/LAPIC model and the
+    /// PIT; on aarch64 the GIC). Call once, before creating vCPUs.
+    fn create_irq_chip(&self) -> Result<Arc<dyn IrqChip>>;
+
+    /// Creates vCPU `id` (0-based; also its APIC id / MPIDR affinity).
+    fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>>;
+
+    /// Makes a guest access to `addr` (optionally only of value `datamatch`) signal `evt`
+    /// without exiting to user space.
+    fn register_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: IoEventAddress,
+        datamatch: Option<u64>,
+    ) -> Result<()>;
+
+    /// Undoes [`Vm::register_ioevent`].
+    fn unregister_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: IoEventAddress,
+        datamatch: Option<u64>,
+    ) -> Result<()>;
+}
+
+/// A virtual CPU. Owned by the thread that runs it.
+pub trait Vcpu: VcpuArch + Send {
+    /// This vCPU's id.
+    fn id(&self) -> u32;
+
+    /// Runs the vCPU until it needs the VMM. Port and MMIO reads must be answered by writing
+    /// the `data` slice of the exit before the next call.
+    fn run(&mut self) -> Result<VcpuExit<'_>>;
+}
+
+/// Interrupts a vCPU thread's `run` with a signal. Send it again until the thread reports that
+/// it stopped: a signal that arrives just before the thread enters the guest is not seen, so
+/// the caller repeats (the cheap, race-free alternative to sharing the run structure).
+#[derive(Clone, Copy, Debug)]
+pub struct Kicker {
+    thread: libc::pthread_t,
+}
+
+/// Signal used to kick vCPU threads out of the guest.
+pub fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+impl Kicker {
+    /// A kicker for the calling thread, which must be the one that runs the vCPU.
+    pub fn for_current_thread() -> Self {
+        // SAFETY: pthread_self has no preconditions.
+        Kicker {
+            thread: unsafe { libc::pthread_self() },
+        }
+    }
+
+    /// Sends the kick signal; a thread that has exited is not an error.
+    pub fn kick(&self) {
+        // SAFETY: pthread_kill with a valid signal number; an id of an exited thread gives ESRCH
+        // at worst (threads are joined only after the last kick).
+        unsafe { libc::pthread_kill(self.thread, kick_signal()) };
+    }
+}
+
+/// Installs the (empty) kick signal handler for the process. Its only job is to make KVM_RUN
+/// return EINTR instead of the signal killing the process.
+pub fn install_kick_handler() -> Result<()> {
+    extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), noop).map_err(Error::Signal)
+}
+
+/// Opens the hypervisor named by `kind`, or the best available one for `None` ("auto").
+pub fn open(kind: Option<HypervisorKind>) -> Result<Arc<dyn Hypervisor>> {
+    match kind {
+        #[cfg(feature = "kvm")]
+        Some(HypervisorKind::Kvm) | None => Ok(Arc::new(kvm::KvmHypervisor::new()?)),
+        #[cfg(not(feature = "kvm"))]
+        _ => Err(Error::NoBackend),
+    }
+}
