@@ -83,7 +83,7 @@ impl HypervisorArch for KvmHypervisor {
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| Error::ioctl("KVM_GET_SUPPORTED_CPUID", e))?;
-        Ok(cpuid.as_slice().iter().map(|e| cpuid_from_kvm(e)).collect())
+        Ok(cpuid.as_slice().iter().map(cpuid_from_kvm).collect())
     }
 }
 

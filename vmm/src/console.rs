@@ -1,0 +1,141 @@
+//! The host side of the serial console: the terminal in raw mode (restored on every exit
+//! path), guest output to stdout, and stdin fed to the guest with Ctrl-A x as the escape.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+use devices::legacy::Serial;
+use devices::EventFd;
+
+use crate::vm::VmEvent;
+
+/// Terminal settings to put back; also read by the panic hook and signal paths.
+static SAVED_TERMIOS: Mutex<Option<libc::termios>> = Mutex::new(None);
+
+const CTRL_A: u8 = 0x01;
+
+/// Puts stdin's terminal in raw mode while alive. Does nothing if stdin is not a terminal.
+pub struct RawTerminal {
+    active: bool,
+}
+
+impl RawTerminal {
+    pub fn enter() -> Self {
+        // SAFETY: isatty only inspects the descriptor.
+        if unsafe { libc::isatty(libc::STDIN_FILENO) } != 1 {
+            return RawTerminal { active: false };
+        }
+        // SAFETY: termios is plain data; tcgetattr fills it and its result is checked.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: valid fd and pointer to an initialised termios.
+        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut t) } != 0 {
+            return RawTerminal { active: false };
+        }
+        *devices::bus::lock(&SAVED_TERMIOS) = Some(t);
+        // Raw input (keys, Ctrl-C included, go to the guest) but keep output processing so
+        // berth's own log lines still start at column 0.
+        t.c_iflag &= !(libc::IGNBRK
+            | libc::BRKINT
+            | libc::PARMRK
+            | libc::ISTRIP
+            | libc::INLCR
+            | libc::IGNCR
+            | libc::ICRNL
+            | libc::IXON);
+        t.c_lflag &= !(libc::ECHO | libc::ECHONL | libc::ICANON | libc::ISIG | libc::IEXTEN);
+        t.c_cflag = (t.c_cflag & !(libc::CSIZE | libc::PARENB)) | libc::CS8;
+        t.c_cc[libc::VMIN] = 1;
+        t.c_cc[libc::VTIME] = 0;
+        // SAFETY: valid fd and termios.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &t) };
+        RawTerminal { active: true }
+    }
+
+    /// Whether stdin is an interactive terminal (and the escape sequence applies).
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        restore_terminal();
+    }
+}
+
+/// Restores the terminal if berth changed it. Safe to call more than once.
+pub fn restore_terminal() {
+    let saved = match SAVED_TERMIOS.try_lock() {
+        Ok(mut g) => g.take(),
+        Err(_) => None,
+    };
+    if let Some(t) = saved {
+        // SAFETY: valid fd and a termios obtained from tcgetattr.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &t) };
+    }
+}
+
+/// An unbuffered writer on a duplicate of stdout, so every guest byte shows at once.
+pub fn stdout_writer() -> std::io::Result<Box<dyn Write + Send>> {
+    let fd = std::io::stdout().as_fd().try_clone_to_owned()?;
+    Ok(Box::new(File::from(fd)))
+}
+
+/// Feeds stdin to the UART, waiting for the guest to drain the FIFO when it is full.
+/// With `escape`, Ctrl-A x quits berth and Ctrl-A Ctrl-A sends one Ctrl-A.
+pub fn spawn_stdin_feeder(
+    serial: Arc<Mutex<Serial>>,
+    drained: EventFd,
+    events: Sender<VmEvent>,
+    escape: bool,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = [0u8; 256];
+            let mut after_ctrl_a = false;
+            loop {
+                let n = match stdin.read(&mut buf) {
+                    Ok(0) => return, // EOF: the guest just gets no more input
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        log::warn!("reading stdin failed, console input stops: {e}");
+                        return;
+                    }
+                };
+                let mut input = Vec::with_capacity(n);
+                for &b in &buf[..n] {
+                    if !escape {
+                        input.push(b);
+                    } else if after_ctrl_a {
+                        after_ctrl_a = false;
+                        match b {
+                            b'x' | b'X' => {
+                                let _ = events.send(VmEvent::UserQuit);
+                                return;
+                            }
+                            _ => input.push(b),
+                        }
+                    } else if b == CTRL_A {
+                        after_ctrl_a = true;
+                    } else {
+                        input.push(b);
+                    }
+                }
+                let mut rest = &input[..];
+                while !rest.is_empty() {
+                    let k = devices::bus::lock(&serial).enqueue_input(rest);
+                    rest = &rest[k..];
+                    if !rest.is_empty() && drained.read().is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+        .map(|_| ())
+}

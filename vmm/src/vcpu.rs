@@ -1,0 +1,121 @@
+//! The vCPU thread: run the guest, dispatch port and MMIO exits to the buses, hand everything
+//! else to the control loop.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Instant;
+
+use devices::{log_limited, Bus};
+use hypervisor::{Kicker, Vcpu, VcpuExit};
+
+use crate::vm::VmEvent;
+
+/// What a vCPU thread shares with the control loop.
+pub struct VcpuContext {
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub stop: Arc<AtomicBool>,
+    pub events: Sender<VmEvent>,
+    pub start: Instant,
+}
+
+/// Runs `vcpu` until the VM stops; reports its kicker first through `kicker_tx`.
+pub fn run(mut vcpu: Box<dyn Vcpu>, ctx: VcpuContext, kicker_tx: Sender<(u32, Kicker)>) {
+    let id = vcpu.id();
+    let _ = kicker_tx.send((id, Kicker::for_current_thread()));
+    drop(kicker_tx);
+    if id == 0 {
+        log::debug!(
+            "first vCPU entry {} us after berth start",
+            ctx.start.elapsed().as_micros()
+        );
+    }
+    while !ctx.stop.load(Ordering::Acquire) {
+        let event = match vcpu.run() {
+            Ok(exit) => match handle_exit(exit, &ctx) {
+                Some(ev) => ev,
+                None => continue,
+            },
+            Err(e) => VmEvent::VcpuFailed {
+                cpu: id,
+                what: e.to_string(),
+            },
+        };
+        let event = match event {
+            VmEvent::VcpuFailed { what, .. } => VmEvent::VcpuFailed { cpu: id, what },
+            ev => ev,
+        };
+        let _ = ctx.events.send(event);
+        return;
+    }
+}
+
+/// Handles one exit; returns an event when the VM must stop.
+fn handle_exit(exit: VcpuExit<'_>, ctx: &VcpuContext) -> Option<VmEvent> {
+    match exit {
+        VcpuExit::IoIn { port, data } => {
+            if !ctx.pio.read(u64::from(port), data) {
+                data.fill(0xff);
+                log_limited!(
+                    log::Level::Debug,
+                    "unhandled port read {port:#x} ({} bytes)",
+                    data.len()
+                );
+            }
+        }
+        VcpuExit::IoOut { port, data } => {
+            if !ctx.pio.write(u64::from(port), data) {
+                log_limited!(
+                    log::Level::Debug,
+                    "unhandled port write {port:#x} ({} bytes)",
+                    data.len()
+                );
+            }
+        }
+        VcpuExit::MmioRead { addr, data } => {
+            if !ctx.mmio.read(addr, data) {
+                data.fill(0xff);
+                log_limited!(
+                    log::Level::Debug,
+                    "unhandled MMIO read {addr:#x} ({} bytes)",
+                    data.len()
+                );
+            }
+        }
+        VcpuExit::MmioWrite { addr, data } => {
+            if !ctx.mmio.write(addr, data) {
+                log_limited!(
+                    log::Level::Debug,
+                    "unhandled MMIO write {addr:#x} ({} bytes)",
+                    data.len()
+                );
+            }
+        }
+        // With the interrupt controller in the hypervisor a halt never reaches us; if a backend
+        // reports one, running again waits in the hypervisor for the next interrupt.
+        VcpuExit::Halt | VcpuExit::Interrupted => {}
+        VcpuExit::System(ev) => return Some(VmEvent::System(ev)),
+        VcpuExit::InternalError { code } => {
+            return Some(VmEvent::VcpuFailed {
+                cpu: 0,
+                what: format!(
+                    "the hypervisor could not emulate an instruction (internal error {code})"
+                ),
+            })
+        }
+        VcpuExit::FailEntry { reason } => {
+            return Some(VmEvent::VcpuFailed {
+                cpu: 0,
+                what: format!("the hypervisor refused to enter the guest (reason {reason:#x})"),
+            })
+        }
+        VcpuExit::Unhandled { what } => {
+            return Some(VmEvent::VcpuFailed {
+                cpu: 0,
+                what: format!("unexpected exit: {what}"),
+            })
+        }
+    }
+    None
+}

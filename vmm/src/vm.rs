@@ -1,0 +1,219 @@
+//! Builds a VM from the command line through the hypervisor traits, runs it, and stops it.
+
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arch::x86_64::boot::BootSource;
+use arch::x86_64::layout::{ram_ranges, MIN_MEMORY};
+use arch::MIB;
+use hypervisor::{HypervisorKind, Kicker, SystemEvent};
+
+use crate::cli::{HypervisorChoice, RunArgs, SerialDest};
+use crate::error::{Error, Result};
+use crate::{console, memory, platform, vcpu};
+
+/// What the control loop hears about.
+#[derive(Clone, Debug)]
+pub enum VmEvent {
+    System(SystemEvent),
+    UserQuit,
+    VcpuFailed { cpu: u32, what: String },
+}
+
+/// How the VM ended, when it ended without a VMM error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    PowerOff,
+    Reset,
+    Crash,
+    UserQuit,
+    Signal(i32),
+}
+
+/// x86 APIC ids are 8 bits without x2APIC in the MADT.
+const MAX_CPUS: u32 = 255;
+/// How long the control loop waits for vCPU threads to leave the guest before giving up.
+const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+fn install_signal_handlers() {
+    extern "C" fn on_signal(sig: libc::c_int) {
+        SIGNAL.store(sig, Ordering::SeqCst);
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
+    // Check what the user gave before touching the hypervisor.
+    if args.cpus == 0 {
+        return Err(Error::NoCpus);
+    }
+    let mib = args.memory;
+    if mib < MIN_MEMORY / MIB {
+        return Err(Error::MemoryTooSmall {
+            mib,
+            min: MIN_MEMORY / MIB,
+        });
+    }
+    let mem_size = mib
+        .checked_mul(MIB)
+        .filter(|&s| s <= 1 << 46)
+        .ok_or(Error::MemoryTooLarge { mib })?;
+    let mut kernel = File::open(&args.kernel).map_err(|source| Error::KernelOpen {
+        path: args.kernel.clone(),
+        source,
+    })?;
+    let mut initrd = match &args.initrd {
+        Some(p) => Some(File::open(p).map_err(|source| Error::InitrdOpen {
+            path: p.clone(),
+            source,
+        })?),
+        None => None,
+    };
+    let serial_out = match &args.serial {
+        SerialDest::Stdio => {
+            console::stdout_writer().map_err(|e| Error::Device(format!("stdout: {e}")))?
+        }
+        SerialDest::File(p) => Box::new(File::create(p).map_err(|source| Error::SerialFile {
+            path: p.clone(),
+            source,
+        })?),
+        SerialDest::None => Box::new(std::io::sink()),
+    };
+
+    let hv = hypervisor::open(match args.hypervisor {
+        HypervisorChoice::Auto => None,
+        HypervisorChoice::Kvm => Some(HypervisorKind::Kvm),
+    })?;
+    let max = hv.max_vcpus().min(MAX_CPUS);
+    if args.cpus > max {
+        return Err(Error::TooManyCpus {
+            requested: args.cpus,
+            max,
+            backend: hv.kind().to_string(),
+        });
+    }
+    let cpuid = hv.supported_cpuid()?;
+    let vm = hv.create_vm()?;
+    let mem = memory::create(mem_size, &ram_ranges(mem_size))?;
+    memory::register(&*vm, &mem)?;
+    let irqchip = vm.create_irq_chip()?;
+
+    let kernel_name = args.kernel.display().to_string();
+    let boot = arch::x86_64::load_kernel(
+        &mem,
+        mem_size,
+        BootSource {
+            kernel: &mut kernel,
+            kernel_name: &kernel_name,
+            initrd: initrd.as_mut(),
+            cmdline: &args.cmdline,
+        },
+    )?;
+    arch::x86_64::vcpu::write_descriptor_tables(&mem)?;
+    log::debug!(
+        "{:?} kernel, {:?} entry at {:#x}, initrd {:x?}",
+        boot.image,
+        boot.protocol,
+        boot.entry,
+        boot.initrd
+    );
+
+    let (events_tx, events_rx) = mpsc::channel();
+    let platform = platform::build(
+        &*irqchip,
+        serial_out,
+        args.boot_timer,
+        start,
+        events_tx.clone(),
+    )?;
+
+    hypervisor::install_kick_handler()?;
+    install_signal_handlers();
+    let mut vcpus = Vec::with_capacity(args.cpus as usize);
+    for id in 0..args.cpus {
+        let vcpu = vm.create_vcpu(id)?;
+        arch::x86_64::configure_vcpu(&*vcpu, &mem, &boot, &cpuid, args.cpus)?;
+        vcpus.push(vcpu);
+    }
+
+    let terminal = console::RawTerminal::enter();
+    if args.serial == SerialDest::Stdio {
+        console::spawn_stdin_feeder(
+            platform.serial.clone(),
+            platform.serial_drained,
+            events_tx.clone(),
+            terminal.is_active(),
+        )
+        .map_err(|e| Error::Device(format!("stdin thread: {e}")))?;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (kick_tx, kick_rx) = mpsc::channel();
+    let mut threads = Vec::with_capacity(vcpus.len());
+    for vcpu in vcpus {
+        let id = vcpu.id();
+        let ctx = vcpu::VcpuContext {
+            pio: platform.pio.clone(),
+            mmio: platform.mmio.clone(),
+            stop: stop.clone(),
+            events: events_tx.clone(),
+            start,
+        };
+        let tx = kick_tx.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || vcpu::run(vcpu, ctx, tx))
+            .map_err(|source| Error::VcpuThread { cpu: id, source })?;
+        threads.push(t);
+    }
+    drop(kick_tx);
+    drop(events_tx);
+    let kickers: Vec<Kicker> = kick_rx.iter().map(|(_, k)| k).collect();
+
+    let result = loop {
+        match events_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(VmEvent::System(SystemEvent::PowerOff)) => break Ok(Outcome::PowerOff),
+            Ok(VmEvent::System(SystemEvent::Reset)) => break Ok(Outcome::Reset),
+            Ok(VmEvent::System(SystemEvent::Crash)) => break Ok(Outcome::Crash),
+            Ok(VmEvent::UserQuit) => break Ok(Outcome::UserQuit),
+            Ok(VmEvent::VcpuFailed { cpu, what }) => break Err(Error::VcpuRun { cpu, what }),
+            Err(RecvTimeoutError::Timeout) => {
+                let sig = SIGNAL.load(Ordering::SeqCst);
+                if sig != 0 {
+                    break Ok(Outcome::Signal(sig));
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                break Err(Error::VcpuRun {
+                    cpu: 0,
+                    what: "all vCPU threads ended without a reason".into(),
+                })
+            }
+        }
+    };
+
+    // Stop the vCPUs: a kick that lands before a thread enters the guest is lost, so repeat.
+    stop.store(true, Ordering::Release);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+        kickers.iter().for_each(Kicker::kick);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for t in threads {
+        if t.is_finished() {
+            let _ = t.join();
+        } else {
+            log::warn!("a vCPU thread did not stop within {STOP_TIMEOUT:?}");
+        }
+    }
+    drop(terminal);
+    result
+}

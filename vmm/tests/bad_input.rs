@@ -1,0 +1,232 @@
+//! Bad user input: each case must end in exactly one clear line on stderr and a non-zero exit,
+//! never a panic.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("berth-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// A valid tiny ELF kernel whose image claims `memsz` bytes at 16 MiB.
+fn tiny_elf(memsz: u64) -> PathBuf {
+    let mut v = vec![0u8; 0x79];
+    v[..4].copy_from_slice(b"\x7fELF");
+    v[4] = 2;
+    v[5] = 1;
+    v[6] = 1;
+    v[0x10] = 2;
+    v[0x12] = 62;
+    v[0x14] = 1;
+    v[0x18..0x20].copy_from_slice(&0x100_0000u64.to_le_bytes());
+    v[0x20] = 0x40;
+    v[0x34] = 0x40;
+    v[0x36] = 0x38;
+    v[0x38] = 1;
+    let ph = 0x40;
+    v[ph] = 1;
+    v[ph + 8] = 0x78;
+    v[ph + 0x10..ph + 0x18].copy_from_slice(&0x100_0000u64.to_le_bytes());
+    v[ph + 0x18..ph + 0x20].copy_from_slice(&0x100_0000u64.to_le_bytes());
+    v[ph + 0x20] = 1;
+    v[ph + 0x28..ph + 0x30].copy_from_slice(&memsz.to_le_bytes());
+    v[0x78] = 0xf4;
+    let p = tmp(&format!("k-{memsz}.elf"));
+    std::fs::write(&p, v).unwrap();
+    p
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BERTH)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Asserts one stderr line containing every `needle`, no stdout, exit status 1.
+fn assert_one_line_error(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "want exactly one line, got: {stderr}"
+    );
+    assert!(stderr.starts_with("berth: error: "), "{stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "missing {n:?} in: {stderr}");
+    }
+    assert!(!stderr.contains("panicked"));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn missing_kernel() {
+    let out = run(&["run", "--kernel", "/nonexistent/bzImage"]);
+    assert_one_line_error(&out, &["/nonexistent/bzImage", "No such file", "--kernel"]);
+}
+
+#[test]
+fn missing_initrd() {
+    let k = tiny_elf(0x1000);
+    let out = run(&[
+        "run",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--initrd",
+        "/nonexistent/rd",
+    ]);
+    assert_one_line_error(&out, &["/nonexistent/rd", "--initrd"]);
+}
+
+#[test]
+fn zero_cpus() {
+    let k = tiny_elf(0x1000);
+    let out = run(&["run", "--kernel", k.to_str().unwrap(), "--cpus", "0"]);
+    assert_one_line_error(&out, &["--cpus 0", "at least one vCPU"]);
+}
+
+#[test]
+fn memory_below_the_minimum() {
+    let k = tiny_elf(0x1000);
+    let out = run(&["run", "--kernel", k.to_str().unwrap(), "--memory", "1"]);
+    assert_one_line_error(&out, &["--memory 1 MiB is too small"]);
+}
+
+#[test]
+fn not_a_kernel() {
+    if !kvm_usable() {
+        eprintln!("skipped: /dev/kvm is not usable here");
+        return;
+    }
+    let p = tmp("notes.txt");
+    std::fs::write(&p, "just some text, not a kernel\n".repeat(100)).unwrap();
+    let out = run(&["run", "--kernel", p.to_str().unwrap()]);
+    assert_one_line_error(&out, &["notes.txt", "is not a Linux kernel"]);
+}
+
+#[test]
+fn memory_too_small_for_the_kernel() {
+    if !kvm_usable() {
+        eprintln!("skipped: /dev/kvm is not usable here");
+        return;
+    }
+    let k = tiny_elf(100 << 20);
+    let out = run(&["run", "--kernel", k.to_str().unwrap(), "--memory", "64"]);
+    assert_one_line_error(
+        &out,
+        &[
+            "--memory 64 MiB is too small for this kernel",
+            "at least 148 MiB",
+        ],
+    );
+}
+
+#[test]
+fn initrd_that_does_not_fit() {
+    if !kvm_usable() {
+        eprintln!("skipped: /dev/kvm is not usable here");
+        return;
+    }
+    let k = tiny_elf(0x1000);
+    let rd = tmp("huge-initrd");
+    let f = std::fs::File::create(&rd).unwrap();
+    f.set_len(200 << 20).unwrap(); // sparse
+    let out = run(&[
+        "run",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--initrd",
+        rd.to_str().unwrap(),
+        "--memory",
+        "128",
+    ]);
+    assert_one_line_error(&out, &["initrd (200 MiB) does not fit", "raise --memory"]);
+}
+
+#[test]
+fn more_cpus_than_the_hypervisor_allows() {
+    if !kvm_usable() {
+        eprintln!("skipped: /dev/kvm is not usable here");
+        return;
+    }
+    let k = tiny_elf(0x1000);
+    let out = run(&["run", "--kernel", k.to_str().unwrap(), "--cpus", "100000"]);
+    assert_one_line_error(&out, &["--cpus 100000 is more than kvm supports"]);
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs berth in a private mount namespace after `setup` (a shell snippet) rearranged /dev.
+fn run_in_mount_ns(setup: &str, berth_cmd: &str) -> Option<Output> {
+    if !is_root() || Command::new("unshare").arg("--help").output().is_err() {
+        return None;
+    }
+    let script = format!("set -e; mount --make-rprivate /; {setup}; exec {berth_cmd}");
+    Some(
+        Command::new("unshare")
+            .args(["-m", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn no_dev_kvm() {
+    let k = tiny_elf(0x1000);
+    let cmd = format!("{BERTH} run --kernel {}", k.display());
+    let Some(out) = run_in_mount_ns("mount -t tmpfs none /dev", &cmd) else {
+        eprintln!("skipped: needs root and unshare");
+        return;
+    };
+    assert_one_line_error(&out, &["/dev/kvm does not exist", "modprobe kvm"]);
+}
+
+#[test]
+fn dev_kvm_without_permission() {
+    let k = tiny_elf(0x1000);
+    if Command::new("setpriv").arg("--help").output().is_err() {
+        eprintln!("skipped: needs setpriv");
+        return;
+    }
+    // Copy berth and the kernel where an unprivileged user can read them.
+    let dir = std::env::temp_dir().join(format!("berth-perm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let b = dir.join("berth");
+    std::fs::copy(BERTH, &b).unwrap();
+    let kk = dir.join("k.elf");
+    std::fs::copy(&k, &kk).unwrap();
+    let _ = Command::new("chmod")
+        .args(["-R", "a+rX", dir.to_str().unwrap()])
+        .status();
+    let cmd = format!(
+        "setpriv --reuid 65534 --regid 65534 --clear-groups {} run --kernel {}",
+        b.display(),
+        kk.display()
+    );
+    let Some(out) = run_in_mount_ns(
+        "mount -t tmpfs none /dev && mknod -m 600 /dev/kvm c 10 232",
+        &cmd,
+    ) else {
+        eprintln!("skipped: needs root and unshare");
+        return;
+    };
+    assert_one_line_error(&out, &["no permission to open /dev/kvm", "kvm' group"]);
+}
