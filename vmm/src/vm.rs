@@ -88,6 +88,8 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
         SerialDest::None => Box::new(std::io::sink()),
     };
 
+    let lap = |stage: &str| log::debug!("{stage}: {} us after start", start.elapsed().as_micros());
+    lap("arguments checked");
     let hv = hypervisor::open(match args.hypervisor {
         HypervisorChoice::Auto => None,
         HypervisorChoice::Kvm => Some(HypervisorKind::Kvm),
@@ -102,9 +104,11 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
     }
     let cpuid = hv.supported_cpuid()?;
     let vm = hv.create_vm()?;
+    lap("VM created");
     let mem = memory::create(mem_size, &ram_ranges(mem_size))?;
     memory::register(&*vm, &mem)?;
     let irqchip = vm.create_irq_chip()?;
+    lap("memory and interrupt controller ready");
 
     let kernel_name = args.kernel.display().to_string();
     let boot = arch::x86_64::load_kernel(
@@ -118,6 +122,7 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
         },
     )?;
     arch::x86_64::vcpu::write_descriptor_tables(&mem)?;
+    lap("kernel loaded");
     log::debug!(
         "{:?} kernel, {:?} entry at {:#x}, initrd {:x?}",
         boot.image,
@@ -143,6 +148,7 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
         arch::x86_64::configure_vcpu(&*vcpu, &mem, &boot, &cpuid, args.cpus)?;
         vcpus.push(vcpu);
     }
+    lap("vCPUs configured");
 
     let terminal = console::RawTerminal::enter();
     if args.serial == SerialDest::Stdio {
