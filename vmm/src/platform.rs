@@ -5,8 +5,9 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use arch::x86_64::acpi;
 use arch::x86_64::layout::{BOOT_TIMER_SIZE, BOOT_TIMER_START};
-use devices::legacy::{sink::X86_PROBED_PORTS, BootTimer, Cmos, Serial, Sink, I8042};
+use devices::legacy::{sink::X86_PROBED_PORTS, AcpiPm, BootTimer, Cmos, Serial, Sink, I8042};
 use devices::{Bus, BusDevice, EventFd, EventFdTrigger, Trigger};
 use hypervisor::{IrqChip, SystemEvent};
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
@@ -78,17 +79,29 @@ pub fn build(
     )));
     insert(&mut pio, serial.clone(), COM1_PORT, 8)?;
 
-    let reset = EventTrigger {
-        tx: Mutex::new(events),
-        event: VmEvent::System(SystemEvent::Reset),
+    let trigger = |ev| EventTrigger {
+        tx: Mutex::new(events.clone()),
+        event: VmEvent::System(ev),
     };
-    let i8042 = I8042::new(reset, irq_line(irqchip, I8042_IRQ)?);
+    let i8042 = I8042::new(trigger(SystemEvent::Reset), irq_line(irqchip, I8042_IRQ)?);
     insert(&mut pio, Arc::new(Mutex::new(i8042)), I8042_PORT, 5)?;
     insert(
         &mut pio,
         Arc::new(Mutex::new(Cmos::default())),
         CMOS_PORT,
         2,
+    )?;
+    let pm = AcpiPm::new(
+        trigger(SystemEvent::PowerOff),
+        trigger(SystemEvent::Reset),
+        acpi::S5_SLEEP_TYPE,
+        acpi::RESET_VALUE,
+    );
+    insert(
+        &mut pio,
+        Arc::new(Mutex::new(pm)),
+        acpi::PM_PORT.into(),
+        acpi::PM_LEN.into(),
     )?;
     let sink: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(Sink));
     for &(base, len) in X86_PROBED_PORTS {

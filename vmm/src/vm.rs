@@ -110,6 +110,7 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
     let irqchip = vm.create_irq_chip()?;
     lap("memory and interrupt controller ready");
 
+    let rsdp = arch::x86_64::acpi::write_tables(&mem, args.cpus)?;
     let kernel_name = args.kernel.display().to_string();
     let boot = arch::x86_64::load_kernel(
         &mem,
@@ -119,6 +120,7 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
             kernel_name: &kernel_name,
             initrd: initrd.as_mut(),
             cmdline: &args.cmdline,
+            acpi_rsdp: Some(rsdp),
         },
     )?;
     arch::x86_64::vcpu::write_descriptor_tables(&mem)?;

@@ -135,6 +135,8 @@ pub struct BootSource<'a> {
     pub kernel_name: &'a str,
     pub initrd: Option<&'a mut File>,
     pub cmdline: &'a str,
+    /// Guest address of the ACPI RSDP, if the VMM wrote ACPI tables.
+    pub acpi_rsdp: Option<u64>,
 }
 
 /// Loads everything into `mem` (of `mem_size` bytes) and returns how to start the guest.
@@ -197,7 +199,7 @@ pub fn load_kernel(mem: &GuestMemory, mem_size: u64, src: BootSource<'_>) -> Res
 
     match load.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(entry) => {
-            write_pvh_start_info(mem, mem_size, initrd)?;
+            write_pvh_start_info(mem, mem_size, initrd, src.acpi_rsdp)?;
             Ok(BootInfo {
                 image,
                 protocol: BootProtocol::Pvh,
@@ -211,7 +213,14 @@ pub fn load_kernel(mem: &GuestMemory, mem_size: u64, src: BootSource<'_>) -> Res
                 KernelImage::BzImage => load.kernel_load.0 + STARTUP_64_OFFSET,
                 KernelImage::Elf => load.kernel_load.0,
             };
-            write_boot_params(mem, mem_size, load.setup_header, src.cmdline.len(), initrd)?;
+            write_boot_params(
+                mem,
+                mem_size,
+                load.setup_header,
+                src.cmdline.len(),
+                initrd,
+                src.acpi_rsdp,
+            )?;
             Ok(BootInfo {
                 image,
                 protocol: BootProtocol::Linux64,
@@ -253,8 +262,12 @@ fn write_boot_params(
     setup: Option<setup_header>,
     cmdline_len: usize,
     initrd: Option<(u64, u64)>,
+    acpi_rsdp: Option<u64>,
 ) -> Result<()> {
-    let mut params = boot_params::default();
+    let mut params = boot_params {
+        acpi_rsdp_addr: acpi_rsdp.unwrap_or(0),
+        ..Default::default()
+    };
     match setup {
         Some(h) => params.hdr = h,
         None => params.hdr.kernel_alignment = 0x0100_0000,
@@ -298,6 +311,7 @@ fn write_pvh_start_info(
     mem: &GuestMemory,
     mem_size: u64,
     initrd: Option<(u64, u64)>,
+    acpi_rsdp: Option<u64>,
 ) -> Result<()> {
     let memmap: Vec<hvm_memmap_table_entry> = e820_map(mem_size)
         .into_iter()
@@ -314,6 +328,7 @@ fn write_pvh_start_info(
         magic: XEN_HVM_START_MAGIC,
         version: 1,
         cmdline_paddr: CMDLINE_START,
+        rsdp_paddr: acpi_rsdp.unwrap_or(0),
         memmap_paddr: memmap_addr,
         memmap_entries: memmap.len() as u32,
         ..Default::default()
@@ -414,6 +429,7 @@ mod tests {
                 kernel_name: "script.sh",
                 initrd: None,
                 cmdline: "",
+                acpi_rsdp: None,
             },
         )
         .unwrap_err();
@@ -435,6 +451,7 @@ mod tests {
                 kernel_name: "vmlinux",
                 initrd: Some(&mut rd),
                 cmdline: "console=ttyS0 quiet",
+                acpi_rsdp: Some(0xe0000),
             },
         )
         .unwrap();
@@ -457,6 +474,7 @@ mod tests {
         assert_eq!({ hdr.cmd_line_ptr }, CMDLINE_START as u32);
         assert_eq!({ hdr.ramdisk_image }, rd_addr as u32);
         assert_eq!({ hdr.ramdisk_size }, 10000);
+        assert_eq!({ params.acpi_rsdp_addr }, 0xe0000);
         assert_eq!(params.e820_entries, 3);
         let last = params.e820_table[2];
         assert_eq!(
@@ -481,6 +499,7 @@ mod tests {
                 kernel_name: "vmlinux",
                 initrd: None,
                 cmdline: "",
+                acpi_rsdp: None,
             },
         )
         .unwrap_err();
@@ -507,6 +526,7 @@ mod tests {
                 kernel_name: "vmlinux",
                 initrd: Some(&mut rd),
                 cmdline: "",
+                acpi_rsdp: None,
             },
         )
         .unwrap_err();
@@ -529,6 +549,7 @@ mod tests {
                 kernel_name: "vmlinux",
                 initrd: None,
                 cmdline: &long,
+                acpi_rsdp: None,
             },
         )
         .unwrap_err();

@@ -1,5 +1,6 @@
 //! x86_64 boot: direct 64-bit (or PVH 32-bit) entry, no firmware and no real mode.
 
+pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod gdt;
