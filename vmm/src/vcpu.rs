@@ -53,6 +53,7 @@ pub fn run(mut vcpu: Box<dyn Vcpu>, ctx: VcpuContext, kicker_tx: Sender<(u32, Ki
 
 /// Handles one exit; returns an event when the VM must stop.
 fn handle_exit(exit: VcpuExit<'_>, ctx: &VcpuContext) -> Option<VmEvent> {
+    log::trace!("exit {exit:?}");
     match exit {
         VcpuExit::IoIn { port, data } => {
             if !ctx.pio.read(u64::from(port), data) {

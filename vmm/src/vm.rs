@@ -124,6 +124,7 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
         },
     )?;
     arch::x86_64::vcpu::write_descriptor_tables(&mem)?;
+    arch::x86_64::vcpu::write_reset_vector(&mem)?;
     lap("kernel loaded");
     log::debug!(
         "{:?} kernel, {:?} entry at {:#x}, initrd {:x?}",
@@ -208,6 +209,7 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
         }
     };
 
+    log::debug!("control loop: {result:?}; stopping vCPUs");
     // Stop the vCPUs: a kick that lands before a thread enters the guest is lost, so repeat.
     stop.store(true, Ordering::Release);
     let deadline = Instant::now() + STOP_TIMEOUT;

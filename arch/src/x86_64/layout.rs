@@ -30,6 +30,9 @@ pub const CMDLINE_START: u64 = 0x20000;
 pub const CMDLINE_MAX_SIZE: usize = 0x10000;
 /// Start of the extended BIOS data area; RAM below it is usable.
 pub const EBDA_START: u64 = 0x9fc00;
+/// The x86 reset vector (F000:FFF0). Linux jumps here in real mode when it reboots "through the
+/// BIOS" (its choice on hardware-reduced ACPI platforms without EFI); berth puts a reset stub here.
+pub const RESET_VECTOR: u64 = 0xF_FFF0;
 /// The kernel is loaded here (and RAM is contiguous from here on).
 pub const HIGH_RAM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO hole; low RAM ends here at the latest.

@@ -6,7 +6,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::boot::{BootInfo, BootProtocol};
 use super::gdt::{self, BOOT_GDT};
-use super::layout::{BOOT_STACK_POINTER, GDT_START, IDT_START, ZERO_PAGE_START};
+use super::layout::{BOOT_STACK_POINTER, GDT_START, IDT_START, RESET_VECTOR, ZERO_PAGE_START};
 use super::{cpuid, paging};
 use crate::{Error, GuestMemory, Result};
 
@@ -53,6 +53,17 @@ pub fn write_descriptor_tables(mem: &GuestMemory) -> Result<()> {
     }
     mem.write_obj(0u64, GuestAddress(IDT_START))
         .map_err(|e| Error::GuestMemory(format!("IDT: {e}")))
+}
+
+/// 16-bit code at the reset vector: `mov al, 0xfe; out 0x64, al; hlt; jmp hlt`. There is no
+/// firmware, so a guest that reboots through the BIOS (Linux with hardware-reduced ACPI and no
+/// EFI: reboot_type EFI falls back to BIOS) lands here and resets through the i8042.
+const RESET_STUB: [u8; 7] = [0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];
+
+/// Writes the reset-vector stub (once per VM; the legacy area is reserved in e820).
+pub fn write_reset_vector(mem: &GuestMemory) -> Result<()> {
+    mem.write_slice(&RESET_STUB, GuestAddress(RESET_VECTOR))
+        .map_err(|e| Error::GuestMemory(format!("reset vector: {e}")))
 }
 
 /// Sets CPUID, MSRs, FPU and LAPIC of every vCPU, and the entry state of the boot vCPU (0).
@@ -141,6 +152,18 @@ mod tests {
         idx.sort();
         idx.dedup();
         assert_eq!(idx.len(), m.len());
+    }
+
+    #[test]
+    fn reset_stub_sits_at_the_reset_vector_in_reserved_memory() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        write_reset_vector(&mem).unwrap();
+        let mut b = [0u8; 7];
+        mem.read_slice(&mut b, GuestAddress(0xffff0)).unwrap();
+        assert_eq!(b, RESET_STUB);
+        // Inside the e820 hole between the EBDA and 1 MiB, so the kernel never reuses it.
+        assert!(RESET_VECTOR > super::super::layout::EBDA_START);
+        assert!(RESET_VECTOR + 7 <= super::super::layout::HIGH_RAM_START);
     }
 
     #[test]

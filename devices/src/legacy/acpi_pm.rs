@@ -44,6 +44,7 @@ impl<P: Trigger + Send, R: Trigger + Send> BusDevice for AcpiPm<P, R> {
         let v = data[0];
         match offset {
             SLEEP_CONTROL if v & SLP_EN != 0 => {
+                log::debug!("ACPI: sleep control {v:#x}");
                 let slp_typ = (v >> SLP_TYP_SHIFT) & SLP_TYP_MASK;
                 if slp_typ == self.s5_type {
                     if let Err(e) = self.power_off.trigger() {
@@ -54,6 +55,7 @@ impl<P: Trigger + Send, R: Trigger + Send> BusDevice for AcpiPm<P, R> {
                 }
             }
             RESET if v == self.reset_value => {
+                log::debug!("ACPI: reset register written");
                 if let Err(e) = self.reset.trigger() {
                     log::error!("ACPI: signalling reset failed: {e:?}");
                 }

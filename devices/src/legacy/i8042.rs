@@ -80,6 +80,7 @@ impl<R: Trigger, I: Trigger> I8042<R, I> {
             CMD_READ_OUTPUT_PORT => self.push(0x01, false),
             CMD_KBD_DISABLE | CMD_KBD_ENABLE | CMD_AUX_DISABLE | CMD_AUX_ENABLE => {}
             CMD_RESET_CPU => {
+                log::debug!("i8042: reset command");
                 if let Err(e) = self.reset.trigger() {
                     log::error!("i8042: signalling the reset failed: {e:?}");
                 }
