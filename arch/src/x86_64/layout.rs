@@ -56,6 +56,8 @@ pub const MIN_MEMORY: u64 = 16 << 20;
 
 // The fixed MMIO areas are ordered and disjoint; the stack grows down below the page tables.
 const _: () = assert!(BOOT_STACK_POINTER < PML4_START);
+// The reset stub lies in the e820 hole between the EBDA and 1 MiB, which the kernel never uses.
+const _: () = assert!(RESET_VECTOR > EBDA_START && RESET_VECTOR + 16 <= HIGH_RAM_START);
 const _: () = assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= PCI_ECAM_START);
 const _: () = assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= BOOT_TIMER_START);
 const _: () = assert!(BOOT_TIMER_START + BOOT_TIMER_SIZE <= IOAPIC_START);
