@@ -1,0 +1,646 @@
+//! One boot of a guest under berth, natively or in the emulated host, and what it left.
+
+use crate::cpio::{self, CpioWriter};
+use crate::host::HostRun;
+use crate::process::{self, sh_quote};
+use crate::{assets, env_flag, Arch, Mode, WorkDir};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// The guest command line a run gets unless it sets its own: berth's default plus `quiet`
+/// (every console byte is slow in the emulated host).
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+
+/// Which kernel to boot.
+#[derive(Clone, Debug)]
+pub enum Kernel {
+    /// The assets' Debian kernel as shipped (x86_64: bzImage).
+    BzImage,
+    /// The same kernel as an ELF vmlinux (PVH entry on x86_64).
+    ElfVmlinux,
+    /// Any kernel file of this machine.
+    Path(PathBuf),
+}
+
+/// Which initrd to give the guest.
+#[derive(Clone, Debug)]
+pub enum Initrd {
+    /// The assets' initramfs with the run's `/test.sh` (and [`GuestRun::guest_file`]s)
+    /// concatenated as a second archive.
+    Default,
+    /// No `--initrd`.
+    None,
+    /// This file, as is.
+    Path(PathBuf),
+}
+
+/// A guest boot under berth.
+///
+/// berth is called as `berth run --kernel K [--initrd I] --cmdline C <berth_args>`, with stdin
+/// /dev/null, stdout (the guest console) and stderr (berth's log) captured.
+///
+/// `berth_args` may use two placeholders, replaced with paths valid where berth runs:
+/// `{file:NAME}` is the file of [`files`](Self::files) whose file name is NAME, and `{scratch}`
+/// is an empty writable directory that is berth's working directory (sockets, `--serial
+/// file={scratch}/console.log`); files listed in [`collect`](Self::collect) are read back from
+/// it into [`Outcome::files`].
+#[derive(Clone, Debug)]
+pub struct GuestRun {
+    pub arch: Arch,
+    pub kernel: Kernel,
+    pub initrd: Initrd,
+    /// The guest's `/test.sh` (run by busybox `sh` after init's setup; the guest reboots when
+    /// it ends, so it need not). Empty: no `/test.sh`, the guest init starts a shell.
+    pub script: String,
+    /// The kernel command line, passed with `--cmdline` ([`DEFAULT_CMDLINE`] by default).
+    pub cmdline: String,
+    /// Modules the guest init loads (`berth.modules=` on the command line), e.g. `virtio_blk`.
+    pub modules: Vec<String>,
+    /// More arguments for `berth run`, e.g. `--cpus 2 --memory 512`.
+    pub berth_args: Vec<String>,
+    /// Files of this machine berth needs (disk images...). Natively they stay where they are;
+    /// in the emulated host they are copied to `/files/` (its RAM holds them: tens of MiB at most).
+    pub files: Vec<PathBuf>,
+    /// Extra files in the guest's initramfs: (absolute path in the guest, contents, mode).
+    pub guest_files: Vec<(String, Vec<u8>, u32)>,
+    /// Names of files in `{scratch}` to read back after the run (small ones).
+    pub collect: Vec<String>,
+    /// For the whole run (in the emulated host: its boot included).
+    pub timeout: Duration,
+}
+
+impl GuestRun {
+    /// An x86_64 run of `kernel` with the default initramfs and command line, no script and a
+    /// 5-minute timeout.
+    pub fn new(kernel: Kernel) -> GuestRun {
+        GuestRun {
+            arch: Arch::X86_64,
+            kernel,
+            initrd: Initrd::Default,
+            script: String::new(),
+            cmdline: DEFAULT_CMDLINE.to_string(),
+            modules: Vec::new(),
+            berth_args: Vec::new(),
+            files: Vec::new(),
+            guest_files: Vec::new(),
+            collect: Vec::new(),
+            timeout: Duration::from_secs(300),
+        }
+    }
+
+    pub fn arch(mut self, arch: Arch) -> Self {
+        self.arch = arch;
+        self
+    }
+
+    pub fn initrd(mut self, initrd: Initrd) -> Self {
+        self.initrd = initrd;
+        self
+    }
+
+    /// Sets the guest's `/test.sh`.
+    pub fn script(mut self, script: impl Into<String>) -> Self {
+        self.script = script.into();
+        self
+    }
+
+    /// Replaces the kernel command line.
+    pub fn cmdline(mut self, cmdline: impl Into<String>) -> Self {
+        self.cmdline = cmdline.into();
+        self
+    }
+
+    /// Appends to the kernel command line.
+    pub fn append_cmdline(mut self, more: &str) -> Self {
+        self.cmdline.push(' ');
+        self.cmdline.push_str(more);
+        self
+    }
+
+    pub fn modules<I: IntoIterator<Item = S>, S: Into<String>>(mut self, m: I) -> Self {
+        self.modules.extend(m.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.berth_args.push(a.into());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, a: I) -> Self {
+        self.berth_args.extend(a.into_iter().map(Into::into));
+        self
+    }
+
+    /// Makes a file of this machine available to berth as `{file:<its file name>}`.
+    pub fn file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.files.push(path.into());
+        self
+    }
+
+    /// Adds a file to the guest's initramfs.
+    pub fn guest_file(mut self, path: &str, data: impl Into<Vec<u8>>, mode: u32) -> Self {
+        self.guest_files.push((path.to_string(), data.into(), mode));
+        self
+    }
+
+    /// Reads `{scratch}/name` back after the run.
+    pub fn collect(mut self, name: impl Into<String>) -> Self {
+        self.collect.push(name.into());
+        self
+    }
+
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// Boots the guest. `None` when BERTH_E2E_MODE=skip. Panics on harness problems (no
+    /// berth binary, no assets, no way to run KVM, QEMU failing): those are not test results.
+    /// berth's own failures, timeouts included, are in the [`Outcome`].
+    pub fn run(&self) -> Option<Outcome> {
+        let mode = crate::mode(self.arch)?;
+        let berth = crate::berth_bin().unwrap_or_else(|e| panic!("{e}"));
+        for a in &self.berth_args {
+            if matches!(a.as_str(), "--kernel" | "--initrd" | "--cmdline")
+                || a.starts_with("--kernel=")
+                || a.starts_with("--initrd=")
+                || a.starts_with("--cmdline=")
+            {
+                panic!("GuestRun: set {a} through the GuestRun fields, not berth_args");
+            }
+        }
+        let _lock = crate::lock_machine();
+        let work = WorkDir::new("guest");
+        let out = match mode {
+            Mode::Native => self.run_native(&berth, work),
+            Mode::EmulatedHost => self.run_emulated(&berth, work),
+        };
+        if env_flag("BERTH_E2E_VERBOSE") {
+            eprintln!("{out}");
+        }
+        Some(out)
+    }
+
+    fn kernel_path(&self) -> PathBuf {
+        match &self.kernel {
+            Kernel::BzImage => assets(self.arch).bzimage.clone(),
+            Kernel::ElfVmlinux => assets(self.arch).vmlinux.clone(),
+            Kernel::Path(p) => p.clone(),
+        }
+    }
+
+    fn full_cmdline(&self) -> String {
+        if self.modules.is_empty() {
+            self.cmdline.clone()
+        } else {
+            format!("{} berth.modules={}", self.cmdline, self.modules.join(","))
+        }
+    }
+
+    /// Writes the initrd to `work` if it is built per run.
+    fn initrd_path(&self, work: &Path) -> Option<PathBuf> {
+        match &self.initrd {
+            Initrd::None => None,
+            Initrd::Path(p) => Some(p.clone()),
+            Initrd::Default => {
+                let path = work.join("initrd");
+                self.build_initrd(&path)
+                    .unwrap_or_else(|e| panic!("building {}: {e}", path.display()));
+                Some(path)
+            }
+        }
+    }
+
+    /// Writes the [`Initrd::Default`] initrd of this run (base initramfs + `/test.sh` and
+    /// guest files) to `path`: for booting the same guest some other way (e.g. in QEMU).
+    pub fn build_initrd(&self, path: &Path) -> std::io::Result<()> {
+        let mut extra = CpioWriter::new(Vec::new());
+        if !self.script.is_empty() {
+            extra.file("test.sh", 0o755, self.script.as_bytes())?;
+        }
+        for (p, data, mode) in &self.guest_files {
+            extra.file(p, *mode, data)?;
+        }
+        let extra = extra.finish()?;
+        let mut out = BufWriter::new(File::create(path)?);
+        cpio::concat_initrd(&assets(self.arch).initramfs, &extra, &mut out)?;
+        out.flush()
+    }
+
+    /// `berth_args` with the placeholders replaced.
+    fn resolved_args(&self, file_dir: Option<&str>, scratch: &str) -> Vec<String> {
+        let mut names = BTreeMap::new();
+        for f in &self.files {
+            let name = f
+                .file_name()
+                .unwrap_or_else(|| panic!("GuestRun file {} has no file name", f.display()))
+                .to_string_lossy()
+                .into_owned();
+            let there = match file_dir {
+                Some(d) => format!("{d}/{name}"),
+                None => f.to_string_lossy().into_owned(),
+            };
+            if names.insert(name.clone(), there).is_some() {
+                panic!("GuestRun: two files are named {name}");
+            }
+        }
+        self.berth_args
+            .iter()
+            .map(|a| substitute(a, &names, scratch).unwrap_or_else(|e| panic!("GuestRun: {e}")))
+            .collect()
+    }
+
+    fn run_native(&self, berth: &Path, work: WorkDir) -> Outcome {
+        let scratch = work.path().join("scratch");
+        std::fs::create_dir_all(&scratch).expect("create scratch directory");
+        let kernel = self.kernel_path();
+        let initrd = self.initrd_path(work.path());
+        let mut argv: Vec<String> = vec!["run".into(), "--kernel".into(), path_str(&kernel)];
+        if let Some(i) = &initrd {
+            argv.extend(["--initrd".into(), path_str(i)]);
+        }
+        argv.extend(["--cmdline".into(), self.full_cmdline()]);
+        argv.extend(self.resolved_args(None, &path_str(&scratch)));
+        let mut cmd = Command::new(berth);
+        cmd.args(&argv).current_dir(&scratch);
+        let c = process::run(&mut cmd, self.timeout, env_flag("BERTH_E2E_VERBOSE"))
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", berth.display()));
+        let files = self
+            .collect
+            .iter()
+            .filter_map(|n| Some((n.clone(), std::fs::read(scratch.join(n)).ok()?)))
+            .collect();
+        Outcome {
+            mode: Mode::Native,
+            command: command_line(berth, &argv),
+            console: normalize(&c.stdout),
+            console_bytes: c.stdout,
+            berth_log: String::from_utf8_lossy(&c.stderr).into_owned(),
+            status: c.status.map(process::code),
+            timed_out: c.timed_out,
+            files,
+            host_log: String::new(),
+            problem: None,
+            wall: c.elapsed,
+            work_dir: work,
+        }
+    }
+
+    fn run_emulated(&self, berth: &Path, work: WorkDir) -> Outcome {
+        let kernel = self.kernel_path();
+        let kname = kernel
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "kernel".into());
+        let mut host = HostRun::new(self.arch, String::new())
+            .executable(berth, "/bin/berth")
+            .file(&kernel, format!("/guest/{kname}"))
+            .timeout(self.timeout);
+        let mut argv: Vec<String> =
+            vec!["run".into(), "--kernel".into(), format!("/guest/{kname}")];
+        if let Some(i) = self.initrd_path(work.path()) {
+            host = host.file(i, "/guest/initrd");
+            argv.extend(["--initrd".into(), "/guest/initrd".into()]);
+        }
+        argv.extend(["--cmdline".into(), self.full_cmdline()]);
+        argv.extend(self.resolved_args(Some("/files"), "/scratch"));
+        for f in &self.files {
+            let name = f
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            host = host.file(f, format!("/files/{name}"));
+        }
+        for n in &self.collect {
+            host = host.collect(format!("/scratch/{n}"));
+        }
+        let quoted: Vec<String> = argv.iter().map(|a| sh_quote(a)).collect();
+        host.script = format!(
+            "mkdir -p /scratch && cd /scratch && exec /bin/berth {}\n",
+            quoted.join(" ")
+        );
+        let h = host
+            .run_in(work.path())
+            .unwrap_or_else(|e| panic!("emulated host: {e}"));
+        let files = h
+            .files
+            .iter()
+            .map(|(k, v)| (k.trim_start_matches("/scratch/").to_string(), v.clone()))
+            .collect();
+        let mut host_log = h.host_log.clone();
+        if !h.dmesg.is_empty() {
+            host_log.push_str("\n--- emulated host dmesg ---\n");
+            host_log.push_str(&h.dmesg);
+        }
+        Outcome {
+            mode: Mode::EmulatedHost,
+            command: command_line(Path::new("/bin/berth"), &argv),
+            console: normalize(h.stdout.as_bytes()),
+            console_bytes: h.stdout.into_bytes(),
+            berth_log: h.stderr,
+            status: h.status,
+            timed_out: h.timed_out,
+            files,
+            host_log,
+            problem: h.problem,
+            wall: h.script_secs.map(Duration::from_secs_f64).unwrap_or(h.wall),
+            work_dir: work,
+        }
+    }
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn command_line(berth: &Path, argv: &[String]) -> String {
+    let mut s = sh_quote(&path_str(berth));
+    for a in argv {
+        s.push(' ');
+        s.push_str(&sh_quote(a));
+    }
+    s
+}
+
+/// The console with CR LF (the guest tty's line ends) as LF.
+fn normalize(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).replace("\r\n", "\n")
+}
+
+/// Replaces `{file:NAME}` and `{scratch}` in `arg`.
+fn substitute(
+    arg: &str,
+    files: &BTreeMap<String, String>,
+    scratch: &str,
+) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = arg;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i..];
+        if let Some(r) = after.strip_prefix("{scratch}") {
+            out.push_str(scratch);
+            rest = r;
+        } else if let Some(r) = after.strip_prefix("{file:") {
+            let end = r
+                .find('}')
+                .ok_or_else(|| format!("unterminated {{file:...}} in {arg:?}"))?;
+            let name = &r[..end];
+            let path = files
+                .get(name)
+                .ok_or_else(|| format!("{arg:?} names {name}, which is not in GuestRun::files"))?;
+            out.push_str(path);
+            rest = &r[end + 1..];
+        } else {
+            out.push('{');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// What a [`GuestRun`] left.
+#[derive(Debug)]
+pub struct Outcome {
+    pub mode: Mode,
+    /// The berth command line as run.
+    pub command: String,
+    /// What the guest printed on its console (berth's stdout), CR LF turned into LF.
+    pub console: String,
+    /// The same, as berth wrote it.
+    pub console_bytes: Vec<u8>,
+    /// berth's stderr.
+    pub berth_log: String,
+    /// berth's exit status (128+N for signal N); `None` if it never came (killed at the
+    /// deadline natively, or the emulated host died).
+    pub status: Option<i32>,
+    /// berth was stopped at the deadline.
+    pub timed_out: bool,
+    /// The [`GuestRun::collect`]ed files of `{scratch}` that existed.
+    pub files: BTreeMap<String, Vec<u8>>,
+    /// The emulated host's console and dmesg (empty natively).
+    pub host_log: String,
+    /// A harness-level problem in the emulated host (no /dev/kvm, QEMU killed...).
+    pub problem: Option<String>,
+    /// berth's run time (in the emulated host, by its clock).
+    pub wall: Duration,
+    /// Kept if the test fails (or BERTH_E2E_KEEP=1).
+    pub work_dir: WorkDir,
+}
+
+impl Outcome {
+    /// Panics with `msg` followed by the whole report.
+    #[track_caller]
+    pub fn fail(&self, msg: &str) -> ! {
+        panic!("{msg}\n{self}")
+    }
+
+    /// Asserts berth exited with status 0 and nothing went wrong around it.
+    #[track_caller]
+    pub fn assert_success(&self) -> &Self {
+        self.assert_status(0)
+    }
+
+    /// Asserts berth exited with `code` (and did not time out).
+    #[track_caller]
+    pub fn assert_status(&self, code: i32) -> &Self {
+        if let Some(p) = &self.problem {
+            self.fail(p);
+        }
+        if self.timed_out {
+            self.fail(&format!(
+                "berth did not finish within the run's {:?}",
+                self.wall
+            ));
+        }
+        if self.status != Some(code) {
+            self.fail(&format!(
+                "berth exited with {:?}, expected {code}",
+                self.status
+            ));
+        }
+        self
+    }
+
+    /// Asserts the console contains `needle`.
+    #[track_caller]
+    pub fn assert_console_contains(&self, needle: &str) -> &Self {
+        if !self.console.contains(needle) {
+            self.fail(&format!("the console lacks {needle:?}"));
+        }
+        self
+    }
+
+    /// Asserts the console does not contain `needle`.
+    #[track_caller]
+    pub fn assert_console_lacks(&self, needle: &str) -> &Self {
+        if self.console.contains(needle) {
+            self.fail(&format!("the console contains {needle:?}"));
+        }
+        self
+    }
+
+    /// Asserts berth's log contains `needle`.
+    #[track_caller]
+    pub fn assert_log_contains(&self, needle: &str) -> &Self {
+        if !self.berth_log.contains(needle) {
+            self.fail(&format!("berth's log lacks {needle:?}"));
+        }
+        self
+    }
+
+    /// Asserts the guest init ran the test script to its end with status `code`.
+    #[track_caller]
+    pub fn assert_test_exit(&self, code: i32) -> &Self {
+        match self.test_exit() {
+            Some(c) if c == code => self,
+            Some(c) => self.fail(&format!("/test.sh exited with {c}, expected {code}")),
+            None => self.fail("no BERTH-TEST-EXIT line: /test.sh did not run to its end"),
+        }
+    }
+
+    /// The first console line starting with `prefix` (leading whitespace ignored).
+    pub fn console_line(&self, prefix: &str) -> Option<&str> {
+        self.console
+            .lines()
+            .map(str::trim_start)
+            .find(|l| l.starts_with(prefix))
+    }
+
+    /// Like [`console_line`](Self::console_line), failing the test if there is none.
+    #[track_caller]
+    pub fn expect_console_line(&self, prefix: &str) -> &str {
+        self.console_line(prefix)
+            .unwrap_or_else(|| self.fail(&format!("no console line starts with {prefix:?}")))
+    }
+
+    /// The guest's uptime (s) when its init printed `BERTH-GUEST-INIT`.
+    pub fn guest_init_uptime(&self) -> Option<f64> {
+        self.console_line("BERTH-GUEST-INIT ")?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    /// The status /test.sh ended with (`BERTH-TEST-EXIT <n>`).
+    pub fn test_exit(&self) -> Option<i32> {
+        self.console_line("BERTH-TEST-EXIT ")?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    /// The microseconds of berth's `guest boot time: <N> us` log line.
+    pub fn boot_time_us(&self) -> Option<u64> {
+        let line = self
+            .berth_log
+            .lines()
+            .find(|l| l.contains("guest boot time:"))?;
+        let after = line.split("guest boot time:").nth(1)?;
+        after.split_whitespace().next()?.parse().ok()
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let all: Vec<&str> = s.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    let mut t = String::new();
+    if start > 0 {
+        t.push_str(&format!("[... {start} earlier lines]\n"));
+    }
+    for l in &all[start..] {
+        t.push_str(l);
+        t.push('\n');
+    }
+    t
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        writeln!(
+            f,
+            "=== berth ({:?}): status {:?}, timed out {}, ran {:.1?}",
+            self.mode, self.status, self.timed_out, self.wall
+        )?;
+        if let Some(p) = &self.problem {
+            writeln!(f, "=== problem: {p}")?;
+        }
+        writeln!(f, "=== command: {}", self.command)?;
+        writeln!(f, "=== guest console ===\n{}", tail(&self.console, 200))?;
+        writeln!(f, "=== berth log ===\n{}", tail(&self.berth_log, 100))?;
+        if !self.host_log.is_empty() {
+            writeln!(f, "=== emulated host ===\n{}", tail(&self.host_log, 80))?;
+        }
+        writeln!(f, "=== work directory: {}", self.work_dir.path().display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders() {
+        let mut files = BTreeMap::new();
+        files.insert("disk.img".to_string(), "/files/disk.img".to_string());
+        assert_eq!(
+            substitute("path={file:disk.img},ro", &files, "/s").unwrap(),
+            "path=/files/disk.img,ro"
+        );
+        assert_eq!(
+            substitute("file={scratch}/c.log", &files, "/s").unwrap(),
+            "file=/s/c.log"
+        );
+        assert_eq!(substitute("{x}", &files, "/s").unwrap(), "{x}");
+        assert!(substitute("{file:nope}", &files, "/s").is_err());
+        assert!(substitute("{file:disk.img", &files, "/s").is_err());
+    }
+
+    #[test]
+    fn cmdline_gets_modules() {
+        let r = GuestRun::new(Kernel::BzImage).modules(["virtio_blk", "virtio_net"]);
+        assert!(r
+            .full_cmdline()
+            .ends_with(" quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd berth.modules=virtio_blk,virtio_net"));
+        assert_eq!(
+            GuestRun::new(Kernel::BzImage).full_cmdline(),
+            DEFAULT_CMDLINE
+        );
+    }
+
+    #[test]
+    fn markers_are_read_from_the_console() {
+        let work = WorkDir::new("unit");
+        let o = Outcome {
+            mode: Mode::Native,
+            command: String::new(),
+            console: "Linux version 6.1\nBERTH-GUEST-INIT 0.73\nhi\nBERTH-TEST-EXIT 0\n".into(),
+            console_bytes: Vec::new(),
+            berth_log: "berth: guest boot time: 812345 us since berth start\n".into(),
+            status: Some(0),
+            timed_out: false,
+            files: BTreeMap::new(),
+            host_log: String::new(),
+            problem: None,
+            wall: Duration::ZERO,
+            work_dir: work,
+        };
+        o.assert_success()
+            .assert_test_exit(0)
+            .assert_console_contains("hi");
+        assert_eq!(o.guest_init_uptime(), Some(0.73));
+        assert_eq!(o.boot_time_us(), Some(812345));
+        assert_eq!(o.expect_console_line("Linux version"), "Linux version 6.1");
+    }
+}

@@ -1,0 +1,175 @@
+//! Running a child process with a deadline while capturing its output.
+
+use std::io::{self, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// What a process left behind.
+pub(crate) struct Captured {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// `None` when it was killed at the deadline.
+    pub status: Option<ExitStatus>,
+    pub timed_out: bool,
+    pub elapsed: Duration,
+}
+
+/// Runs `cmd` with stdin from /dev/null, killing it (SIGKILL) after `timeout`. With `echo`,
+/// its output is also copied to this process's stderr as it comes (for watching a slow run).
+/// The child is also killed if the thread that started it dies (PR_SET_PDEATHSIG), so a killed
+/// test run leaves no QEMU behind.
+pub(crate) fn run(cmd: &mut Command, timeout: Duration, echo: bool) -> io::Result<Captured> {
+    let start = Instant::now();
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let out = reader(child.stdout.take().expect("piped stdout"), echo);
+    let err = reader(child.stderr.take().expect("piped stderr"), echo);
+    let (status, timed_out) = wait_deadline(&mut child, start + timeout)?;
+    let elapsed = start.elapsed();
+    // A grandchild may still hold the pipes open: do not wait for it for long.
+    let grace = Instant::now() + Duration::from_secs(2);
+    let stdout = out.take(grace);
+    let stderr = err.take(grace);
+    Ok(Captured {
+        stdout,
+        stderr,
+        status,
+        timed_out,
+        elapsed,
+    })
+}
+
+/// A pipe being drained by a thread.
+struct Drain {
+    buf: Arc<Mutex<Vec<u8>>>,
+    done: mpsc::Receiver<()>,
+}
+
+impl Drain {
+    /// What was read, once the pipe closed or at `deadline`.
+    fn take(self, deadline: Instant) -> Vec<u8> {
+        let _ = self
+            .done
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        std::mem::take(&mut *self.buf.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+fn reader(mut pipe: impl Read + Send + 'static, echo: bool) -> Drain {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let (tx, done) = mpsc::channel();
+    let all = buf.clone();
+    thread::spawn(move || {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match pipe.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if echo {
+                        let _ = io::stderr().write_all(&chunk[..n]);
+                    }
+                    all.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend_from_slice(&chunk[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        let _ = tx.send(());
+    });
+    Drain { buf, done }
+}
+
+fn wait_deadline(child: &mut Child, deadline: Instant) -> io::Result<(Option<ExitStatus>, bool)> {
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok((Some(st), false));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok((None, true));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The exit code, or 128+N for a death by signal N (the shell's convention).
+pub(crate) fn code(st: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))
+}
+
+/// `s` quoted for a POSIX shell.
+pub(crate) fn sh_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@+%".contains(&b))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(sh_quote("--cpus"), "--cpus");
+        assert_eq!(sh_quote(""), "''");
+        assert_eq!(sh_quote("a b"), "'a b'");
+        assert_eq!(sh_quote("it's"), r"'it'\''s'");
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s {}", sh_quote("x 'y' $z \\ \"w\"")))
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, b"x 'y' $z \\ \"w\"");
+    }
+
+    #[test]
+    fn deadline_kills() {
+        let c = run(
+            Command::new("sh").args(["-c", "echo start; sleep 30"]),
+            Duration::from_millis(300),
+            false,
+        )
+        .unwrap();
+        assert!(c.timed_out);
+        assert!(c.status.is_none());
+        assert_eq!(c.stdout, b"start\n");
+        assert!(c.elapsed < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn status_and_streams() {
+        let c = run(
+            Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]),
+            Duration::from_secs(20),
+            false,
+        )
+        .unwrap();
+        assert!(!c.timed_out);
+        assert_eq!(code(c.status.unwrap()), 3);
+        assert_eq!(c.stdout, b"out\n");
+        assert_eq!(c.stderr, b"err\n");
+    }
+}
