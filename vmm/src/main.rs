@@ -77,6 +77,7 @@ fn main() -> ExitCode {
                     Outcome::Signal(s) => (format!("stopped by signal {s}"), (128 + s) as u8),
                 };
                 log::info!("{what}");
+                log::debug!("exiting {} us after start", start.elapsed().as_micros());
                 ExitCode::from(code)
             }
             Err(e) => {

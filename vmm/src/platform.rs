@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use arch::x86_64::acpi;
 use arch::x86_64::layout::{BOOT_TIMER_SIZE, BOOT_TIMER_START};
-use devices::legacy::{sink::X86_PROBED_PORTS, AcpiPm, BootTimer, Cmos, Serial, Sink, I8042};
+use devices::legacy::{
+    sink::X86_PROBED_PORTS, AcpiPm, BootTimer, Cmos, PvPanic, Serial, Sink, I8042,
+};
 use devices::{Bus, BusDevice, EventFd, EventFdTrigger, Trigger};
 use hypervisor::{IrqChip, SystemEvent};
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
@@ -102,6 +104,13 @@ pub fn build(
         Arc::new(Mutex::new(pm)),
         acpi::PM_PORT.into(),
         acpi::PM_LEN.into(),
+    )?;
+    let pvpanic = PvPanic::new(trigger(SystemEvent::Crash));
+    insert(
+        &mut pio,
+        Arc::new(Mutex::new(pvpanic)),
+        acpi::PVPANIC_PORT.into(),
+        1,
     )?;
     let sink: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(Sink));
     for &(base, len) in X86_PROBED_PORTS {

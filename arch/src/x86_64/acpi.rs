@@ -4,7 +4,8 @@
 //! Power-off and reset use the FADT's sleep-control and reset registers, both in a small I/O
 //! port block ([`PM_PORT`]) that the VMM backs with `devices::legacy::AcpiPm`, so no legacy PM1
 //! blocks, SCI or FACS are needed. There is no 8042 flag in the FADT: Linux then skips probing
-//! a keyboard controller, while `reboot=k` still resets through port 0x64.
+//! a keyboard controller, while `reboot=k` still resets through port 0x64. A pvpanic device
+//! (`QEMU0001`) lets a panicking guest say so.
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
@@ -28,6 +29,8 @@ pub const PM_SLEEP_CONTROL: u16 = 0;
 pub const PM_SLEEP_STATUS: u16 = 1;
 pub const PM_RESET: u16 = 2;
 pub const PM_LEN: u16 = 3;
+/// pvpanic's I/O port (QEMU's default, which guest drivers also probe).
+pub const PVPANIC_PORT: u16 = 0x505;
 /// Value to write to the reset register.
 pub const RESET_VALUE: u8 = 1;
 /// SLP_TYP of S5 in the DSDT's `\_S5_` package.
@@ -82,11 +85,26 @@ fn isa_device(path: &str, hid: &str, port: u16, len: u8, irq: u32) -> Vec<u8> {
     ))
 }
 
-/// The DSDT: COM1, the CMOS RTC, and the S5 sleep state.
+/// pvpanic: `_HID` "QEMU0001" (a string, not an EISA id), one I/O port, `_STA` present.
+fn pvpanic_device() -> Vec<u8> {
+    aml_bytes(&aml::Device::new(
+        "_SB_.PEVT".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &"QEMU0001"),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![&aml::IO::new(PVPANIC_PORT, PVPANIC_PORT, 1, 1)]),
+            ),
+        ],
+    ))
+}
+
+/// The DSDT: COM1, the CMOS RTC, pvpanic, and the S5 sleep state.
 fn dsdt() -> Sdt {
     let mut t = sdt(b"DSDT", 6);
     t.append_slice(&isa_device("_SB_.COM1", "PNP0501", 0x3f8, 8, 4));
     t.append_slice(&isa_device("_SB_.RTC_", "PNP0B00", 0x70, 2, 8));
+    t.append_slice(&pvpanic_device());
     t.append_slice(&aml_bytes(&aml::Name::new(
         "_S5_".into(),
         &aml::Package::new(vec![&S5_SLEEP_TYPE]),
@@ -253,8 +271,11 @@ mod tests {
         assert_eq!(u64_at(fadt, 260), u64::from(PM_PORT + PM_SLEEP_STATUS));
         let dsdt = table(&m, u64_at(fadt, 140), b"DSDT");
         let aml = &dsdt[36..];
-        for needle in [&b"_S5_"[..], b"COM1", b"RTC_"] {
-            assert!(aml.windows(4).any(|w| w == needle), "{needle:?} in DSDT");
+        for needle in [&b"_S5_"[..], b"COM1", b"RTC_", b"PEVT", b"QEMU0001"] {
+            assert!(
+                aml.windows(needle.len()).any(|w| w == needle),
+                "{needle:?} in DSDT"
+            );
         }
     }
 
@@ -286,5 +307,55 @@ mod tests {
         assert_eq!(off, madt.len());
         assert_eq!(apic_ids, [0, 1, 2]);
         assert_eq!(ioapics, 1);
+    }
+}
+
+/// Disassembles the tables with ACPICA's `iasl` when it is installed (CI installs it):
+/// the strongest check that Linux's ACPICA will parse them without complaint.
+#[cfg(test)]
+mod iasl {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn iasl_disassembles_every_table_cleanly() {
+        if Command::new("iasl").arg("-v").output().is_err() {
+            eprintln!("skipped: iasl (acpica-tools) is not installed");
+            return;
+        }
+        let m = GuestMemory::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        write_tables(&m, 4).unwrap();
+        let dir = std::env::temp_dir().join(format!("berth-iasl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut addr = (RSDP_START + Rsdp::len() as u64 + 15) & !15;
+        let mut seen = vec![];
+        while addr < ACPI_END {
+            let mut head = [0u8; 8];
+            m.read_slice(&mut head, GuestAddress(addr)).unwrap();
+            if head[..4] == [0; 4] {
+                break;
+            }
+            let len = u32::from_le_bytes(head[4..8].try_into().unwrap()) as usize;
+            let mut t = vec![0u8; len];
+            m.read_slice(&mut t, GuestAddress(addr)).unwrap();
+            let sig = String::from_utf8_lossy(&head[..4]).to_string();
+            let path = dir.join(format!("{sig}.aml"));
+            std::fs::write(&path, &t).unwrap();
+            let out = Command::new("iasl")
+                .current_dir(&dir)
+                .args(["-d", &format!("{sig}.aml")])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "iasl -d {sig}: {text}");
+            assert!(!text.contains("Error"), "iasl -d {sig}: {text}");
+            let dsl = std::fs::read_to_string(path.with_extension("dsl")).unwrap();
+            assert!(!dsl.contains("**** Unknown"), "{sig}: {dsl}");
+            seen.push(sig);
+            addr = (addr + len as u64 + 15) & !15;
+        }
+        assert_eq!(seen, ["DSDT", "FACP", "APIC", "XSDT"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
