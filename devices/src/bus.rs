@@ -63,7 +63,11 @@ impl Bus {
     }
 
     /// The device whose range holds the whole access `addr .. addr + size`, and the offset.
+    /// Empty accesses match nothing, so devices may always index `data[0]`.
     fn find(&self, addr: u64, size: usize) -> Option<(&Entry, u64)> {
+        if size == 0 {
+            return None;
+        }
         let pos = self.entries.partition_point(|e| e.base <= addr);
         let e = self.entries.get(pos.checked_sub(1)?)?;
         let offset = addr - e.base;
@@ -148,6 +152,8 @@ mod tests {
         assert!(!bus.write(u64::MAX, &d), "wrapping address");
         assert!(!bus.read(u64::MAX - 1, &mut d));
         assert!(bus.read(0x100c, &mut d));
+        assert!(!bus.read(0x1000, &mut []), "empty access");
+        assert!(!bus.write(0x1000, &[]));
     }
 
     #[test]
