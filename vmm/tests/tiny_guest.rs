@@ -143,3 +143,43 @@ fn serial_to_file_and_none() {
     assert_eq!(out.status.code(), Some(0));
     assert!(out.stdout.is_empty());
 }
+
+/// Accesses a hostile guest might make: wrong widths on byte devices, unclaimed ports and MMIO,
+/// 8-byte MMIO near the top of 4 GiB, a string port read into RAM. None may stop the VMM.
+#[test]
+fn odd_accesses_are_ignored_and_the_guest_carries_on() {
+    if !kvm_usable() {
+        eprintln!("skipped: /dev/kvm is not usable here");
+        return;
+    }
+    let mut code = vec![
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xed, // in eax, dx          (4-byte read of a byte-wide UART)
+        0x66, 0xef, // out dx, ax    (2-byte write)
+        0x66, 0xba, 0x34, 0x12, // mov dx, 0x1234
+        0xec, // in al, dx           (unclaimed port)
+        0xb8, 0x00, 0x00, 0x00, 0xf0, // mov eax, 0xf0000000
+        0x48, 0x89, 0x00, // mov [rax], rax        (8-byte write to the boot timer)
+        0x48, 0x8b, 0x98, 0xf8, 0x0f, 0x00, 0x00, // mov rbx, [rax+0xff8]
+        0xb8, 0xf8, 0xff, 0xff, 0xff, // mov eax, 0xfffffff8
+        0x48, 0x8b, 0x18, // mov rbx, [rax]        (unclaimed MMIO at the top of 4 GiB)
+        0xbf, 0x00, 0x00, 0x20, 0x00, // mov edi, 0x200000
+        0xb9, 0x10, 0x00, 0x00, 0x00, // mov ecx, 16
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xf3, 0x6c, // rep insb         (string read from the UART into RAM)
+    ];
+    code.extend(program(b"survived\n", false));
+    let k = write_tmp("odd.elf", &elf(&code));
+    let out = run_kernel(&k, &["--boot-timer"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "survived\n",
+        "stderr: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert!(
+        !stderr.contains("guest boot time"),
+        "not the magic value: {stderr}"
+    );
+}
