@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Turns the RESULT/RSS lines of bench/boot.sh's log into a table of medians (ms)."""
+import re
+import statistics
+import sys
+
+
+def fields(line):
+    return dict(re.findall(r"(\w+)=([\w.]+)", line)) | {
+        k: v for k, v in re.findall(r"(first_vCPU_entry|guestboottime|exiting)_?(\d+)", line)
+    }
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+runs = {"berth": [], "qemu": [], "scale": []}
+rss = {}
+for line in open(sys.argv[1], errors="replace"):
+    if line.startswith("RESULT "):
+        tag = line.split()[1]
+        f = fields(line)
+        if f.get("rc") != "0":
+            print(f"# failed run ignored: {line.strip()}")
+            continue
+        f["mark"] = re.search(r"MARK ([\d.]+)", line)
+        runs[tag].append(f)
+    elif line.startswith("RSS "):
+        parts = line.split()
+        rss[parts[1]] = fields(line)
+
+
+def wall(rs, end="end"):
+    return [(float(r[end]) - float(r["launch"])) * 1000 for r in rs]
+
+
+def mark(rs):
+    return [(float(r["mark"].group(1)) - float(r["launch"])) * 1000 for r in rs if r["mark"]]
+
+
+def us(rs, key):
+    return [int(r[key]) / 1000 for r in rs if key in r]
+
+
+b, q = runs["berth"], runs["qemu"]
+print(f"berth vs QEMU -M microvm, 1 vCPU, 256 MiB, median of {len(b)} / {len(q)} boots (ms)")
+rows = [
+    ("(a) berth start -> first vCPU entry", med(us(b, "first_vCPU_entry")), None),
+    ("(b) berth start -> guest init (boot timer)", med(us(b, "guestboottime")), None),
+    ("    berth start -> exit after reboot -f", med(us(b, "exiting")), None),
+    ("    launch -> init marker on console", med(mark(b)), med(mark(q))),
+    ("    launch -> exit (wall, 10 ms steps)", med(wall(b)), med(wall(q))),
+]
+print(f"{'':45} {'berth':>9} {'qemu':>9} {'ratio':>6}")
+for name, bv, qv in rows:
+    ratio = f"{bv / qv:6.2f}" if qv else ""
+    qs = f"{qv:9.0f}" if qv is not None else f"{'':9}"
+    print(f"{name:45} {bv:9.1f} {qs} {ratio}")
+for who in ("berth", "qemu"):
+    if who in rss:
+        kib = int(rss[who]["outside_guest_kib"])
+        print(f"(c) {who} resident memory outside guest RAM: {kib / 1024:.1f} MiB")
+print("berth start -> guest init (boot timer) by vCPU count (ms):")
+for c in ("1", "4", "16"):
+    xs = us([r for r in runs["scale"] if r.get("cpus") == c], "guestboottime")
+    print(f"  {c:>2} vCPUs: median {med(xs):8.1f} over {len(xs)} boots")
