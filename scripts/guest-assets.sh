@@ -45,7 +45,8 @@ KPKG_META=linux-image-cloud-amd64
 # Modules the guest initramfs carries (their dependencies are added): .ko names in the package.
 GUEST_MODULES="virtio virtio_ring virtio_pci virtio_pci_modern_dev virtio_pci_legacy_dev
   virtio_mmio virtio_blk virtio_net virtio_console virtio-rng virtio_balloon vsock
-  vmw_vsock_virtio_transport vmw_vsock_virtio_transport_common virtiofs fuse"
+  vmw_vsock_virtio_transport vmw_vsock_virtio_transport_common virtiofs fuse
+  pvpanic pvpanic-mmio"
 HOST_MODULES="virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko
   arch/x86/kvm/kvm-intel.ko drivers/net/tun.ko"
 
