@@ -1,21 +1,27 @@
 //! The emulated host ("L1"): QEMU (TCG) boots the Debian kernel with an initramfs made for
 //! one run, whose `/init` loads kvm, runs a shell script, and reports back over the console.
 //!
-//! The report is a series of lines between markers carrying a per-run nonce, so nothing the
-//! script or a guest prints can be mistaken for them:
+//! The script's stdout and stderr go, through pipes (so the script sees pipes, as it would
+//! natively), to two more serial ports in raw mode (x86_64: COM2 and COM3), which QEMU writes to
+//! `l1-stdout.log` and `l1-stderr.log` in the work directory: byte-exact, and live, so a run
+//! killed at its deadline still shows how far it got.
+//!
+//! Everything else comes back on the console (COM1) between markers carrying a per-run nonce,
+//! so nothing the script or a guest prints can be mistaken for them:
 //!
 //! ```text
 //! @@BERTH-E2E:<nonce>:READY <uptime> kvm=yes      after kvm is loaded (L1 boot time)
 //! @@BERTH-E2E:<nonce>:TIMEOUT                     the in-L1 watchdog stopped the script
-//! @@BERTH-E2E:<nonce>:BEGIN stdout                then base64 lines (busybox base64)
-//! @@BERTH-E2E:<nonce>:END stdout                  likewise stderr, dmesg, file:<path>
+//! @@BERTH-E2E:<nonce>:BEGIN file:<path>           then base64 lines (busybox base64)
+//! @@BERTH-E2E:<nonce>:END file:<path>             likewise dmesg (and stdout, stderr on
+//!                                                 machines without the extra ports)
 //! @@BERTH-E2E:<nonce>:STATUS <code> <seconds>     the script's exit status and run time
 //! @@BERTH-E2E:<nonce>:DONE
 //! ```
 //!
 //! The script runs in its own session with stdin /dev/null; a watchdog in L1 sends its process
-//! group SIGTERM (then SIGKILL) when the run's time is nearly up, so a hung berth still reports
-//! its output; QEMU itself is killed at the deadline. The L1 kernel's console log level is
+//! group SIGTERM (then SIGKILL) when the run's time is nearly up, so a hung berth still ends
+//! with a report; QEMU itself is killed at the deadline. The L1 kernel's console log level is
 //! lowered while the report is printed so kernel messages do not split it.
 
 use crate::cpio::CpioWriter;
@@ -218,6 +224,18 @@ impl HostRun {
             ))
             .args(&self.qemu_args)
             .current_dir(work);
+        let out_log = work.join("l1-stdout.log");
+        let err_log = work.join("l1-stderr.log");
+        for (id, port, log) in [
+            ("l1out", machine.stdout_port, &out_log),
+            ("l1err", machine.stderr_port, &err_log),
+        ] {
+            if let Some((_, device)) = port {
+                let path = log.to_string_lossy().replace(',', ",,");
+                cmd.args(["-chardev", &format!("file,id={id},path={path}")])
+                    .args(["-device", &device.replace("{id}", id)]);
+            }
+        }
         let echo = env_flag("BERTH_E2E_VERBOSE");
         let c = process::run(&mut cmd, self.timeout, echo)
             .map_err(|e| format!("cannot start {}: {e}", qemu.display()))?;
@@ -246,16 +264,12 @@ impl HostRun {
         } else if !p.kvm {
             problem = Some("the emulated host has no /dev/kvm (see the dmesg section)".into());
         }
-        let stdout = p
-            .sections
-            .get("stdout")
-            .map(|b| lossy(b))
-            .unwrap_or_default();
-        let stderr = p
-            .sections
-            .get("stderr")
-            .map(|b| lossy(b))
-            .unwrap_or_default();
+        let stream = |name: &str, log: &Path| match p.sections.get(name) {
+            Some(b) => lossy(b),
+            None => lossy(&std::fs::read(log).unwrap_or_default()),
+        };
+        let stdout = stream("stdout", &out_log);
+        let stderr = stream("stderr", &err_log);
         let dmesg = p
             .sections
             .get("dmesg")
@@ -354,9 +368,30 @@ mount -t tmpfs tmpfs /dev/shm
         s.push_str(&format!(
             r#"[ -c /dev/kvm ] && KVM=yes || KVM=no
 echo "${{M}}READY $(cut -d' ' -f1 /proc/uptime) kvm=$KVM"
+# The script's stdout and stderr stream live, byte for byte, to serial ports that QEMU
+# writes to files (so a hang still shows how far things got), or, without such ports, to
+# files reported at the end.
+tty_at() {{
+  for t in /sys/class/tty/ttyS*; do
+    [ "$(cat $t/port 2>/dev/null)" = "$1" ] && {{ echo "/dev/${{t##*/}}"; return 0; }}
+  done
+  return 1
+}}
+stream() {{
+  if T=$(tty_at "$2"); then
+    ( exec <>"$T" >&0; stty raw -echo; exec cat /l1/$1.fifo ) &
+  else
+    cat /l1/$1.fifo >/l1/$1 &
+  fi
+}}
+mkfifo /l1/stdout.fifo /l1/stderr.fifo
+stream stdout {out_port}
+P1=$!
+stream stderr {err_port}
+P2=$!
 cd /
 T0=$(cut -d' ' -f1 /proc/uptime)
-setsid sh /l1/script.sh </dev/null >/l1/stdout 2>/l1/stderr &
+setsid sh /l1/script.sh </dev/null >/l1/stdout.fifo 2>/l1/stderr.fifo &
 PID=$!
 (
   sleep {inner}
@@ -368,18 +403,25 @@ PID=$!
 WD=$!
 wait $PID
 RC=$?
-kill $WD 2>/dev/null
 T1=$(cut -d' ' -f1 /proc/uptime)
+kill $WD 2>/dev/null
+# A process the script left behind may hold the pipes open: wait for the copies a while.
+( sleep 30; kill $P1 $P2 2>/dev/null ) &
+WD=$!
+wait $P1 $P2
+kill $WD 2>/dev/null
 echo 1 >/proc/sys/kernel/printk
 emit() {{
   echo "${{M}}BEGIN $1"
   base64 <"$2"
   echo "${{M}}END $1"
 }}
-emit stdout /l1/stdout
-emit stderr /l1/stderr
+[ -f /l1/stdout ] && emit stdout /l1/stdout
+[ -f /l1/stderr ] && emit stderr /l1/stderr
 "#,
-            inner = inner.as_secs()
+            inner = inner.as_secs(),
+            out_port = machine.stdout_port.map_or("none", |p| p.0),
+            err_port = machine.stderr_port.map_or("none", |p| p.0),
         ));
         for c in &self.collect {
             let q = sh_quote(c);
@@ -405,6 +447,10 @@ poweroff -f
 struct Machine {
     qemu_args: Vec<String>,
     console: &'static str,
+    /// Serial ports for the script's stdout and stderr: the port as the emulated host's
+    /// `/sys/class/tty/*/port` shows it, and the QEMU `-device` for a chardev `{id}`.
+    stdout_port: Option<(&'static str, &'static str)>,
+    stderr_port: Option<(&'static str, &'static str)>,
     /// Modules to insmod, in order; each entry lists alternatives (the first that loads wins).
     kvm_modules: &'static [&'static [&'static str]],
 }
@@ -418,6 +464,9 @@ impl Machine {
             Arch::X86_64 => Ok(Machine {
                 qemu_args: args(&["-accel", "tcg,thread=multi", "-M", "q35", "-cpu", "max"]),
                 console: "ttyS0",
+                // COM2 and COM3 (IRQ 5, as COM3's usual IRQ 4 is COM1's).
+                stdout_port: Some(("0x2F8", "isa-serial,chardev={id},iobase=0x2f8,irq=3")),
+                stderr_port: Some(("0x3E8", "isa-serial,chardev={id},iobase=0x3e8,irq=5")),
                 kvm_modules: &[
                     &["irqbypass.ko"],
                     &["kvm.ko"],
@@ -436,6 +485,8 @@ impl Machine {
                     "max,pauth=off",
                 ]),
                 console: "ttyAMA0",
+                stdout_port: None,
+                stderr_port: None,
                 kvm_modules: &[],
             }),
         }

@@ -17,7 +17,7 @@ fn boot(kernel: Kernel) -> Option<Outcome> {
     let out = GuestRun::new(kernel)
         .args(["--cpus", "1", "--memory", "512"])
         .script(SCRIPT)
-        .timeout(Duration::from_secs(300))
+        .timeout(Duration::from_secs(240))
         .run()?;
     let version = &assets(Arch::X86_64).kernel_version;
     out.assert_success();
@@ -49,7 +49,7 @@ fn boot_timer_logs_guest_boot_time() {
     let Some(out) = GuestRun::new(Kernel::BzImage)
         .args(["--cpus", "1", "--memory", "512", "--boot-timer"])
         .script("busybox devmem 0xf0000000 8 123\necho BOOT-TIMER-WRITTEN\nreboot -f\n")
-        .timeout(Duration::from_secs(300))
+        .timeout(Duration::from_secs(240))
         .run()
     else {
         return;

@@ -120,3 +120,40 @@ fn emulated_host_runs_a_script_with_kvm() {
     assert!(!out.files.contains_key("/tmp/absent"));
     assert!(out.dmesg.contains("kvm"), "{out}");
 }
+
+/// A script that hangs is stopped by the emulated host's watchdog, and what it printed before
+/// still comes back. Slow (a minute) and about the harness only: `cargo test -- --ignored`.
+#[test]
+#[ignore]
+fn emulated_host_stops_a_hung_script() {
+    let Some(out) = HostRun::new(
+        Arch::X86_64,
+        "echo before-the-hang\necho on-stderr >&2\nsleep 1000\necho after\n",
+    )
+    .timeout(std::time::Duration::from_secs(60))
+    .run() else {
+        return;
+    };
+    eprintln!("{out}");
+    assert!(out.timed_out, "{out}");
+    assert!(out.problem.is_none(), "{out}");
+    assert_eq!(out.status, Some(143), "SIGTERM expected:\n{out}");
+    assert_eq!(out.stdout, "before-the-hang\n", "{out}");
+    assert_eq!(out.stderr, "on-stderr\n", "{out}");
+}
+
+/// When the emulated host cannot even boot in time, QEMU is killed and the outcome says so.
+#[test]
+#[ignore]
+fn emulated_host_killed_at_the_deadline() {
+    let Some(out) = HostRun::new(Arch::X86_64, "true\n")
+        .timeout(std::time::Duration::from_secs(2))
+        .run()
+    else {
+        return;
+    };
+    assert!(out.timed_out, "{out}");
+    assert!(out.status.is_none(), "{out}");
+    let p = out.problem.as_deref().unwrap_or_default();
+    assert!(p.contains("never finished booting"), "{out}");
+}
