@@ -1,0 +1,56 @@
+#!/bin/bash
+# The project's one test command: unit tests and the end-to-end tests that boot real guests.
+#
+#   scripts/test.sh                     everything (cargo test --workspace --release)
+#   scripts/test.sh -p berth-tests --test boot_x86_64 [-- filter]   some of it
+#
+# 1. installs what is missing (Debian: qemu-system-x86, cpio, kmod, file, lz4), checking with
+#    `command -v` first, so a machine that has them is not slowed down;
+# 2. fetches the guest assets (scripts/guest-assets.sh; cached in ~/.cache/berth);
+# 3. builds berth in release mode and points BERTH_BIN at it;
+# 4. runs cargo test in release mode (so that build serves both). End-to-end runs are
+#    serialized by the harness itself (one guest at a time, whatever the test threads).
+# Environment: BERTH_E2E_MODE=native|emulated|skip, BERTH_E2E_VERBOSE=1, BERTH_ASSETS, see
+# docs/testing.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+say() { echo "test.sh: $*" >&2; }
+T0=$(date +%s)
+
+SUDO=
+[ "$(id -u)" = 0 ] || SUDO=sudo
+missing=()
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+if [ "${BERTH_E2E_MODE:-}" != skip ]; then
+  case "$(uname -m)" in
+    x86_64) have qemu-system-x86_64 || missing+=(qemu-system-x86) ;;
+  esac
+  have cpio || missing+=(cpio)
+  have depmod || missing+=(kmod)
+  have file || missing+=(file)
+  have lz4 || missing+=(lz4)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  command -v apt-get >/dev/null || { say "missing: ${missing[*]} (install them; this script knows apt only)"; exit 1; }
+  say "installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ "${BERTH_E2E_MODE:-}" != skip ]; then
+  scripts/guest-assets.sh x86_64 >/dev/null
+fi
+
+say "cargo build --release -p berth"
+cargo build --release -p berth
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+BERTH_BIN=$(realpath "$TARGET_DIR/release/berth")
+export BERTH_BIN
+say "BERTH_BIN=$BERTH_BIN"
+
+if [ $# -eq 0 ]; then
+  set -- --workspace
+fi
+say "cargo test --release $*"
+cargo test --release "$@"
+say "all tests passed in $(( $(date +%s) - T0 )) s"
