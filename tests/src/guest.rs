@@ -73,6 +73,8 @@ pub struct GuestRun {
     pub collect: Vec<String>,
     /// For the whole run (in the emulated host: its boot included).
     pub timeout: Duration,
+    /// RAM of the emulated host in MiB (default 3072): raise it for big guests.
+    pub host_memory_mib: u32,
 }
 
 impl GuestRun {
@@ -91,6 +93,7 @@ impl GuestRun {
             guest_files: Vec::new(),
             collect: Vec::new(),
             timeout: Duration::from_secs(300),
+            host_memory_mib: 3072,
         }
     }
 
@@ -158,6 +161,13 @@ impl GuestRun {
 
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
+        self
+    }
+
+    /// Sets the emulated host's RAM (MiB); it must hold its initramfs, berth and the guest's
+    /// touched memory. No effect natively.
+    pub fn host_memory(mut self, mib: u32) -> Self {
+        self.host_memory_mib = mib;
         self
     }
 
@@ -303,6 +313,7 @@ impl GuestRun {
             .executable(berth, "/bin/berth")
             .file(&kernel, format!("/guest/{kname}"))
             .timeout(self.timeout);
+        host.memory_mib = self.host_memory_mib;
         let mut argv: Vec<String> =
             vec!["run".into(), "--kernel".into(), format!("/guest/{kname}")];
         if let Some(i) = self.initrd_path(work.path()) {
@@ -642,5 +653,49 @@ mod tests {
         assert_eq!(o.guest_init_uptime(), Some(0.73));
         assert_eq!(o.boot_time_us(), Some(812345));
         assert_eq!(o.expect_console_line("Linux version"), "Linux version 6.1");
+    }
+
+    /// The native path, with a shell script standing in for berth.
+    #[test]
+    fn native_run_with_a_stand_in() {
+        let dir = WorkDir::new("unit-native");
+        let fake = dir.path().join("fake-berth");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\nprintf 'args:'; printf ' [%s]' \"$@\"; printf '\\r\\n'\n\
+             echo 'berth: guest boot time: 42 us since berth start' >&2\n\
+             echo collected > console.log\nexit 0\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let disk = dir.path().join("disk.img");
+        std::fs::write(&disk, b"").unwrap();
+        let run = GuestRun::new(Kernel::Path("/k".into()))
+            .initrd(Initrd::None)
+            .cmdline("console=ttyS0 x")
+            .file(&disk)
+            .args([
+                "--disk",
+                "path={file:disk.img}",
+                "--serial",
+                "file={scratch}/console.log",
+            ])
+            .collect("console.log")
+            .collect("absent");
+        let out = run.run_native(&fake, WorkDir::new("unit-native-run"));
+        let scratch = out.work_dir.path().join("scratch");
+        let want = format!(
+            "args: [run] [--kernel] [/k] [--cmdline] [console=ttyS0 x] [--disk] [path={}] \
+             [--serial] [file={}/console.log]\n",
+            disk.display(),
+            scratch.display()
+        );
+        assert_eq!(out.console, want);
+        assert!(out.console_bytes.ends_with(b"\r\n"));
+        out.assert_success();
+        assert_eq!(out.boot_time_us(), Some(42));
+        assert_eq!(out.files.get("console.log").unwrap(), b"collected\n");
+        assert!(!out.files.contains_key("absent"));
     }
 }
