@@ -103,6 +103,9 @@ poweroff -f
 EOS
 chmod +x "$R/init"
 (cd "$R" && find . | cpio -o -H newc --quiet | gzip -1 >"$WORK/host.cpio.gz")
+# One emulated host at a time on this machine: the test harness takes the same lock.
+exec 9>"${TMPDIR:-/tmp}/berth-e2e.lock"
+flock 9 || true
 say "booting the emulated host; $RUNS runs of each VMM take a while (about 30 s per pair)"
 LOG=$OUT/boot-$(date +%Y%m%d-%H%M%S).log
 timeout $((600 + RUNS * 120)) qemu-system-x86_64 -accel tcg,thread=multi -M q35 -cpu max -smp 2 -m 3G \

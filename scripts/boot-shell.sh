@@ -58,5 +58,8 @@ poweroff -f
 EOS
 chmod +x "$R/init"
 (cd "$R" && find . | cpio -o -H newc --quiet | gzip -1 >"$WORK/host.cpio.gz")
+# One emulated host at a time on this machine: the test harness takes the same lock.
+exec 9>"${TMPDIR:-/tmp}/berth-e2e.lock"
+flock 9 || true
 qemu-system-x86_64 -accel tcg,thread=multi -M q35 -cpu max -smp 2 -m 2G -nographic -no-reboot \
   -kernel "$ASSETS/bzImage" -initrd "$WORK/host.cpio.gz" -append "console=ttyS0 panic=-1 quiet"
