@@ -2,6 +2,7 @@
 # Boot benchmark: berth against QEMU (-M microvm) on the same guest, in the same emulated host.
 #
 #   bench/boot.sh [RUNS]        (default 10 runs of each; prints a table, writes bench/results/)
+#   BENCH_PARTS="pairs scale rss" selects parts (default all three)
 #
 # Everything runs inside one emulated x86_64 host with real KVM (QEMU TCG, -cpu max, kvm-amd; see
 # docs/testing.md), so absolute times are those of a slow emulated machine: compare ratios.
@@ -66,22 +67,26 @@ insmod /mods/kvm-amd.ko 2>/dev/null || insmod /mods/kvm-intel.ko
 CMD="console=ttyS0 reboot=t panic=1 quiet"
 up() { cut -d' ' -f1 /proc/uptime; }
 # Prints the uptime at which the guest's init marker shows on stdin.
-# Passes the VMM's "RC n" line through.
-stamp() { while IFS= read -r l; do case "\$l" in *BERTH-GUEST-INIT*) echo "MARK \$(up)";; RC\ *) echo "\$l";; esac; done; }
+# Passes the VMM's "RC n" line through, keeps the console in /tmp/console.
+stamp() { : >/tmp/console; while IFS= read -r l; do echo "\$l" >>/tmp/console; case "\$l" in *BERTH-GUEST-INIT*) echo "MARK \$(up)";; RC\ *) echo "\$l";; esac; done; }
+# A run that never reached the guest's init shows why.
+explain() { grep -q MARK /tmp/mark || { tail -n 12 /tmp/console | sed 's/^/NOINIT console: /'; grep -v 'us after' /tmp/err 2>/dev/null | tail -n 5 | sed 's/^/NOINIT berth: /'; }; }
 berth_run() { # tag cpus initrd
   s=\$(up)
   { /bin/berth -l debug run --kernel /guest/bzImage --initrd /guest/\$3.cpio.gz --cpus \$2 --memory 256 \
-    --cmdline "\$CMD" --boot-timer </dev/null 2>/tmp/err; echo "RC \$?"; } | stamp >/tmp/mark
+    --cmdline "\$CMD" --boot-timer </dev/null 2>/tmp/err; echo; echo "RC \$?"; } | stamp >/tmp/mark
   e=\$(up)
   echo "RESULT \$1 cpus=\$2 rc=\$(sed -n 's/^RC //p' /tmp/mark) launch=\$s end=\$e \$(grep MARK /tmp/mark) \$(grep -o 'first vCPU entry [0-9]*' /tmp/err | tr ' ' _) \$(grep -o 'guest boot time: [0-9]*' /tmp/err | tr -d ' :') \$(grep -o 'exiting [0-9]*' /tmp/err | tr ' ' _)"
+  explain
 }
 qemu_run() {
   s=\$(up)
   { /bin/qemu-system-x86_64 -L /qemu -M microvm -accel kvm -cpu host -smp 1 -m 256 -nodefaults \
     -no-user-config -nographic -no-reboot -serial stdio -kernel /guest/bzImage \
-    -initrd /guest/plain.cpio.gz -append "\$CMD" </dev/null 2>/tmp/qerr; echo "RC \$?"; } | stamp >/tmp/mark
+    -initrd /guest/plain.cpio.gz -append "\$CMD" </dev/null 2>/tmp/qerr; echo; echo "RC \$?"; } | stamp >/tmp/mark
   e=\$(up)
   echo "RESULT qemu cpus=1 rc=\$(sed -n 's/^RC //p' /tmp/mark) launch=\$s end=\$e \$(grep MARK /tmp/mark)"
+  explain
 }
 rss() { # pid label: resident KiB outside guest RAM (the memfd for berth, the 256 MiB anon map for QEMU)
   awk -v label=\$2 '
@@ -91,13 +96,16 @@ rss() { # pid label: resident KiB outside guest RAM (the memfd for berth, the 25
     END { printf "RSS %s outside_guest_kib=%d guest_kib=%d\n", label, other, guest }' /proc/\$1/smaps
 }
 echo "BENCH-START runs=$RUNS"
-for i in \$(seq $RUNS); do berth_run berth 1 timer; qemu_run; done
-for c in 1 4 16; do for i in \$(seq $(( (RUNS + 1) / 2 ))); do berth_run scale \$c timer; done; done
+PARTS="${BENCH_PARTS:-pairs scale rss}"
+case "\$PARTS" in *pairs*) for i in \$(seq $RUNS); do berth_run berth 1 timer; qemu_run; done;; esac
+case "\$PARTS" in *scale*) for c in 1 4 16; do for i in \$(seq $(( (RUNS + 1) / 2 ))); do berth_run scale \$c timer; done; done;; esac
+case "\$PARTS" in *rss*)
 /bin/berth run --kernel /guest/bzImage --initrd /guest/sleep.cpio.gz --memory 256 --cmdline "\$CMD" </dev/null >/dev/null 2>&1 &
 p=\$!; sleep 25; rss \$p berth; wait \$p
 /bin/qemu-system-x86_64 -L /qemu -M microvm -accel kvm -cpu host -smp 1 -m 256 -nodefaults -no-user-config \
   -nographic -no-reboot -serial stdio -kernel /guest/bzImage -initrd /guest/sleep.cpio.gz -append "\$CMD" </dev/null >/dev/null 2>&1 &
-p=\$!; sleep 25; rss \$p qemu; wait \$p
+p=\$!; sleep 25; rss \$p qemu; wait \$p;;
+esac
 echo "BENCH-END"
 poweroff -f
 EOS
@@ -110,6 +118,6 @@ say "booting the emulated host; $RUNS runs of each VMM take a while (about 30 s 
 LOG=$OUT/boot-$(date +%Y%m%d-%H%M%S).log
 timeout $((600 + RUNS * 120)) qemu-system-x86_64 -accel tcg,thread=multi -M q35 -cpu max -smp 2 -m 3G \
   -nographic -no-reboot -kernel "$ASSETS/bzImage" -initrd "$WORK/host.cpio.gz" \
-  -append "console=ttyS0 panic=-1 quiet" </dev/null | tr -d '\r' | tee "$LOG" | grep -E '^(RESULT|RSS|BENCH)' >&2 || true
+  -append "console=ttyS0 panic=-1 quiet" </dev/null | tr -d '\r' | tee "$LOG" | grep -E '^(RESULT|RSS|BENCH|NOINIT)' >&2 || true
 grep -q BENCH-END "$LOG" || { say "the emulated host did not finish; see $LOG"; exit 1; }
 python3 bench/summarize.py "$LOG" | tee "${LOG%.log}.txt"

@@ -26,6 +26,8 @@ for line in open(sys.argv[1], errors="replace"):
             continue
         f["mark"] = re.search(r"MARK ([\d.]+)", line)
         runs[tag].append(f)
+    elif line.startswith("NOINIT "):
+        print(f"# {line.strip()}")
     elif line.startswith("RSS "):
         parts = line.split()
         rss[parts[1]] = fields(line)
