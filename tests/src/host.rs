@@ -27,6 +27,8 @@
 use crate::cpio::CpioWriter;
 use crate::process::{self, sh_quote};
 use crate::{assets, env_flag, Arch, WorkDir};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
@@ -533,6 +535,13 @@ struct Report {
     readable: String,
 }
 
+/// Decodes a section as busybox `base64` printed it: lines of 76 characters, and on the console
+/// each ends in `\r\n`. The crate's decoder takes no whitespace, so that goes first.
+fn decode_base64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    let compact: String = text.split_ascii_whitespace().collect();
+    BASE64.decode(compact)
+}
+
 /// Finds the report of run `nonce` in the emulated host's console.
 fn parse_report(log: &str, nonce: &str) -> Report {
     let marker = format!("@@BERTH-E2E:{nonce}:");
@@ -570,7 +579,7 @@ fn parse_report(log: &str, nonce: &str) -> Report {
                 if let Some((name, text)) = section.take() {
                     if name == arg {
                         // A kernel message in the middle would break decoding: keep what we can.
-                        let bytes = crate::base64::decode(&text).unwrap_or_else(|e| {
+                        let bytes = decode_base64(&text).unwrap_or_else(|e| {
                             format!("<undecodable report section {name}: {e}>\n").into_bytes()
                         });
                         r.sections.insert(name, bytes);
@@ -727,6 +736,23 @@ AAEC\r\n\
             .starts_with("SeaBIOS noise\n@@BERTH-E2E:n1:READY"));
         assert!(!r.readable.contains("aGVsbG8K"));
         assert!(r.readable.contains("[9 bytes of base64]"));
+    }
+
+    #[test]
+    fn base64_sections_span_lines() {
+        assert_eq!(
+            decode_base64("AAEC\r\n/f7/\r\nZm9v\r\nYg==\n").unwrap(),
+            [0, 1, 2, 0xfd, 0xfe, 0xff, b'f', b'o', b'o', b'b']
+        );
+        assert_eq!(decode_base64("").unwrap(), b"");
+        assert!(decode_base64("Zm9v!").is_err());
+        // A kernel line in the middle of a section leaves a placeholder, not garbage.
+        let r = parse_report(
+            "@@BERTH-E2E:n:BEGIN stdout\nZm9v\n[ 1.0] oops\n@@BERTH-E2E:n:END stdout\n",
+            "n",
+        );
+        let s = String::from_utf8(r.sections["stdout"].clone()).unwrap();
+        assert!(s.starts_with("<undecodable report section stdout:"), "{s}");
     }
 
     #[test]

@@ -55,7 +55,6 @@
 //! | `BERTH_E2E_KEEP` | `1`: keep every run's work directory (always kept when a test fails) |
 
 pub mod assets;
-mod base64;
 pub mod cpio;
 pub mod guest;
 pub mod host;
