@@ -5,6 +5,8 @@
 pub mod bus;
 pub mod legacy;
 pub mod ratelimit;
+#[cfg(test)]
+mod test_util;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use vm_superio::Trigger;

@@ -1,18 +1,13 @@
 //! Bad user input: each case must end in exactly one clear line on stderr and a non-zero exit,
 //! never a panic.
 
+mod common;
+
+use common::kvm_usable;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
-
-fn kvm_usable() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-}
 
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("berth-bad-{}", std::process::id()));
@@ -20,32 +15,13 @@ fn tmp(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// A valid tiny ELF kernel whose image claims `memsz` bytes at 16 MiB.
+/// A valid tiny ELF kernel (a `hlt`) whose image claims `memsz` bytes at 16 MiB.
 fn tiny_elf(memsz: u64) -> PathBuf {
-    let mut v = vec![0u8; 0x79];
-    v[..4].copy_from_slice(b"\x7fELF");
-    v[4] = 2;
-    v[5] = 1;
-    v[6] = 1;
-    v[0x10] = 2;
-    v[0x12] = 62;
-    v[0x14] = 1;
-    v[0x18..0x20].copy_from_slice(&0x100_0000u64.to_le_bytes());
-    v[0x20] = 0x40;
-    v[0x34] = 0x40;
-    v[0x36] = 0x38;
-    v[0x38] = 1;
-    let ph = 0x40;
-    v[ph] = 1;
-    v[ph + 8] = 0x78;
-    v[ph + 0x10..ph + 0x18].copy_from_slice(&0x100_0000u64.to_le_bytes());
-    v[ph + 0x18..ph + 0x20].copy_from_slice(&0x100_0000u64.to_le_bytes());
-    v[ph + 0x20] = 1;
-    v[ph + 0x28..ph + 0x30].copy_from_slice(&memsz.to_le_bytes());
-    v[0x78] = 0xf4;
-    let p = tmp(&format!("k-{memsz}.elf"));
-    std::fs::write(&p, v).unwrap();
-    p
+    common::write_tmp(
+        "bad",
+        &format!("k-{memsz}.elf"),
+        &common::tiny_elf(&[0xf4], memsz),
+    )
 }
 
 fn run(args: &[&str]) -> Output {

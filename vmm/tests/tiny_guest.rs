@@ -2,44 +2,11 @@
 //! Linux kernel, so they run on any KVM (this machine's PVM included); without /dev/kvm they
 //! say so and pass, and the end-to-end suite (tests/) covers the real guests.
 
+mod common;
+
+use common::kvm_usable;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn kvm_usable() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-}
-
-/// A minimal ELF64 executable with one PT_LOAD of `code` at physical 16 MiB, entered there.
-fn elf(code: &[u8]) -> Vec<u8> {
-    const PADDR: u64 = 0x100_0000;
-    let mut v = vec![0u8; 0x78];
-    v[..4].copy_from_slice(b"\x7fELF");
-    v[4] = 2;
-    v[5] = 1;
-    v[6] = 1;
-    v[0x10..0x12].copy_from_slice(&2u16.to_le_bytes());
-    v[0x12..0x14].copy_from_slice(&62u16.to_le_bytes());
-    v[0x14..0x18].copy_from_slice(&1u32.to_le_bytes());
-    v[0x18..0x20].copy_from_slice(&PADDR.to_le_bytes());
-    v[0x20..0x28].copy_from_slice(&0x40u64.to_le_bytes());
-    v[0x34..0x36].copy_from_slice(&0x40u16.to_le_bytes());
-    v[0x36..0x38].copy_from_slice(&0x38u16.to_le_bytes());
-    v[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
-    let ph = 0x40;
-    v[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes());
-    v[ph + 4..ph + 8].copy_from_slice(&5u32.to_le_bytes());
-    v[ph + 8..ph + 0x10].copy_from_slice(&0x78u64.to_le_bytes());
-    v[ph + 0x10..ph + 0x18].copy_from_slice(&PADDR.to_le_bytes());
-    v[ph + 0x18..ph + 0x20].copy_from_slice(&PADDR.to_le_bytes());
-    v[ph + 0x20..ph + 0x28].copy_from_slice(&(code.len() as u64).to_le_bytes());
-    v[ph + 0x28..ph + 0x30].copy_from_slice(&(code.len() as u64).to_le_bytes());
-    v.extend_from_slice(code);
-    v
-}
 
 /// 64-bit code: print `text` on COM1 (polling nothing: the UART is always ready), optionally
 /// write the boot-timer marker, then reset through the i8042.
@@ -58,11 +25,12 @@ fn program(text: &[u8], boot_timer: bool) -> Vec<u8> {
 }
 
 fn write_tmp(name: &str, bytes: &[u8]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("berth-tiny-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p
+    common::write_tmp("tiny", name, bytes)
+}
+
+/// The tiny kernel for `code`.
+fn elf(code: &[u8]) -> Vec<u8> {
+    common::tiny_elf(code, 0)
 }
 
 fn berth(args: &[&str]) -> Output {

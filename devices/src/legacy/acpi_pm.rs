@@ -69,18 +69,7 @@ impl<P: Trigger + Send, R: Trigger + Send> BusDevice for AcpiPm<P, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::Arc;
-
-    #[derive(Clone, Default)]
-    struct Count(Arc<AtomicU32>);
-    impl Trigger for Count {
-        type E = ();
-        fn trigger(&self) -> Result<(), ()> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    }
+    use crate::test_util::CountingTrigger as Count;
 
     #[test]
     fn s5_powers_off_and_reset_value_resets() {
@@ -89,15 +78,9 @@ mod tests {
         pm.write(SLEEP_CONTROL, &[5 << 2]); // SLP_TYP without SLP_EN: nothing
         pm.write(SLEEP_CONTROL, &[(3 << 2) | SLP_EN]); // S3: refused
         pm.write(RESET, &[0x2]); // wrong value
-        assert_eq!(
-            (off.0.load(Ordering::SeqCst), rst.0.load(Ordering::SeqCst)),
-            (0, 0)
-        );
+        assert_eq!((off.count(), rst.count()), (0, 0));
         pm.write(SLEEP_CONTROL, &[(5 << 2) | SLP_EN]);
         pm.write(RESET, &[1]);
-        assert_eq!(
-            (off.0.load(Ordering::SeqCst), rst.0.load(Ordering::SeqCst)),
-            (1, 1)
-        );
+        assert_eq!((off.count(), rst.count()), (1, 1));
     }
 }

@@ -140,23 +140,7 @@ impl<R: Trigger + Send, I: Trigger + Send> BusDevice for I8042<R, I> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::Arc;
-
-    #[derive(Clone, Default)]
-    struct Count(Arc<AtomicU32>);
-    impl Count {
-        fn get(&self) -> u32 {
-            self.0.load(Ordering::SeqCst)
-        }
-    }
-    impl Trigger for Count {
-        type E = ();
-        fn trigger(&self) -> Result<(), ()> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    }
+    use crate::test_util::CountingTrigger as Count;
 
     fn read(d: &mut I8042<Count, Count>, off: u64) -> u8 {
         let mut b = [0u8];
@@ -173,7 +157,7 @@ mod tests {
     fn reset_command_fires_the_reset_trigger() {
         let (mut d, reset, _) = dev();
         d.command(CMD_RESET_CPU);
-        assert_eq!(reset.get(), 1);
+        assert_eq!(reset.count(), 1);
     }
 
     #[test]
@@ -193,7 +177,7 @@ mod tests {
     fn keyboard_bytes_are_acked_with_an_interrupt_and_the_buffer_is_bounded() {
         let (mut d, _, irq) = dev();
         d.data(KBD_GET_ID);
-        assert_eq!(irq.get(), 3);
+        assert_eq!(irq.count(), 3);
         assert_eq!(
             [read(&mut d, DATA), read(&mut d, DATA), read(&mut d, DATA)],
             [0xfa, 0xab, 0x83]

@@ -42,18 +42,7 @@ impl<T: Trigger + Send> BusDevice for PvPanic<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::Arc;
-
-    #[derive(Clone, Default)]
-    struct Count(Arc<AtomicU32>);
-    impl Trigger for Count {
-        type E = ();
-        fn trigger(&self) -> Result<(), ()> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    }
+    use crate::test_util::CountingTrigger as Count;
 
     #[test]
     fn advertises_events_and_reports_a_panic() {
@@ -64,8 +53,8 @@ mod tests {
         assert_eq!(d[0], 3);
         p.write(0, &[PVPANIC_CRASH_LOADED]);
         p.write(0, &[0]);
-        assert_eq!(c.0.load(Ordering::SeqCst), 0);
+        assert_eq!(c.count(), 0);
         p.write(0, &[PVPANIC_PANICKED]);
-        assert_eq!(c.0.load(Ordering::SeqCst), 1);
+        assert_eq!(c.count(), 1);
     }
 }
