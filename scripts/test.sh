@@ -52,6 +52,12 @@ say "BERTH_BIN=$BERTH_BIN"
 if [ $# -eq 0 ]; then
   set -- --workspace
 fi
+STALLS=${TMPDIR:-/tmp}/berth-e2e-stalls.log
+rm -f "$STALLS"
 say "cargo test --release $*"
 cargo test --release "$@"
+if [ -s "$STALLS" ]; then
+  say "emulated-host stalls retried during this run (see docs/testing.md):"
+  cat "$STALLS" >&2
+fi
 say "all tests passed in $(( $(date +%s) - T0 )) s"
