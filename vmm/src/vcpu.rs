@@ -33,7 +33,7 @@ pub fn run(mut vcpu: Box<dyn Vcpu>, ctx: VcpuContext, kicker_tx: Sender<(u32, Ki
     }
     while !ctx.stop.load(Ordering::Acquire) {
         let event = match vcpu.run() {
-            Ok(exit) => match handle_exit(exit, &ctx) {
+            Ok(exit) => match handle_exit(id, exit, &ctx) {
                 Some(ev) => ev,
                 None => continue,
             },
@@ -42,17 +42,13 @@ pub fn run(mut vcpu: Box<dyn Vcpu>, ctx: VcpuContext, kicker_tx: Sender<(u32, Ki
                 what: e.to_string(),
             },
         };
-        let event = match event {
-            VmEvent::VcpuFailed { what, .. } => VmEvent::VcpuFailed { cpu: id, what },
-            ev => ev,
-        };
         let _ = ctx.events.send(event);
         return;
     }
 }
 
 /// Handles one exit; returns an event when the VM must stop.
-fn handle_exit(exit: VcpuExit<'_>, ctx: &VcpuContext) -> Option<VmEvent> {
+fn handle_exit(cpu: u32, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Option<VmEvent> {
     log::trace!("exit {exit:?}");
     match exit {
         VcpuExit::IoIn { port, data } => {
@@ -99,7 +95,7 @@ fn handle_exit(exit: VcpuExit<'_>, ctx: &VcpuContext) -> Option<VmEvent> {
         VcpuExit::System(ev) => return Some(VmEvent::System(ev)),
         VcpuExit::InternalError { code } => {
             return Some(VmEvent::VcpuFailed {
-                cpu: 0,
+                cpu,
                 what: format!(
                     "the hypervisor could not emulate an instruction (internal error {code})"
                 ),
@@ -107,13 +103,13 @@ fn handle_exit(exit: VcpuExit<'_>, ctx: &VcpuContext) -> Option<VmEvent> {
         }
         VcpuExit::FailEntry { reason } => {
             return Some(VmEvent::VcpuFailed {
-                cpu: 0,
+                cpu,
                 what: format!("the hypervisor refused to enter the guest (reason {reason:#x})"),
             })
         }
         VcpuExit::Unhandled { what } => {
             return Some(VmEvent::VcpuFailed {
-                cpu: 0,
+                cpu,
                 what: format!("unexpected exit: {what}"),
             })
         }
