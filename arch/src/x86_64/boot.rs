@@ -367,6 +367,36 @@ mod tests {
         GuestMemory::from_ranges(&ranges).unwrap()
     }
 
+    /// Loads `kernel` (and `initrd`) into a fresh guest of `size` bytes; returns the memory too.
+    fn load(
+        size: u64,
+        kernel: &[u8],
+        initrd: Option<&[u8]>,
+        cmdline: &str,
+        acpi_rsdp: Option<u64>,
+    ) -> (GuestMemory, Result<BootInfo>) {
+        let m = mem(size);
+        let mut k = temp_file(kernel);
+        let mut rd = initrd.map(temp_file);
+        let name = if kernel.starts_with(b"\x7fELF") {
+            "vmlinux"
+        } else {
+            "script.sh"
+        };
+        let res = load_kernel(
+            &m,
+            size,
+            BootSource {
+                kernel: &mut k,
+                kernel_name: name,
+                initrd: rd.as_mut(),
+                cmdline,
+                acpi_rsdp,
+            },
+        );
+        (m, res)
+    }
+
     fn temp_file(bytes: &[u8]) -> File {
         let mut f = vmm_tempfile();
         f.write_all(bytes).unwrap();
@@ -419,20 +449,8 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_kernel() {
-        let m = mem(64 * MIB);
-        let mut f = temp_file(b"#!/bin/sh\necho hello\n");
-        let err = load_kernel(
-            &m,
-            64 * MIB,
-            BootSource {
-                kernel: &mut f,
-                kernel_name: "script.sh",
-                initrd: None,
-                cmdline: "",
-                acpi_rsdp: None,
-            },
-        )
-        .unwrap_err();
+        let (_, res) = load(64 * MIB, b"#!/bin/sh\necho hello\n", None, "", None);
+        let err = res.unwrap_err();
         assert!(matches!(err, Error::NotAKernel(_)), "{err}");
         assert!(err.to_string().contains("script.sh"));
     }
@@ -440,21 +458,15 @@ mod tests {
     #[test]
     fn loads_elf_with_boot_params_e820_cmdline_and_initrd() {
         let size = 128 * MIB;
-        let m = mem(size);
-        let mut k = temp_file(&tiny_elf(0x100_0000, &[0xf4, 0xeb, 0xfd], 0x1000));
-        let mut rd = temp_file(&[0x5a; 10000]);
-        let info = load_kernel(
-            &m,
+        let kernel = tiny_elf(0x100_0000, &[0xf4, 0xeb, 0xfd], 0x1000);
+        let (m, res) = load(
             size,
-            BootSource {
-                kernel: &mut k,
-                kernel_name: "vmlinux",
-                initrd: Some(&mut rd),
-                cmdline: "console=ttyS0 quiet",
-                acpi_rsdp: Some(0xe0000),
-            },
-        )
-        .unwrap();
+            &kernel,
+            Some(&[0x5a; 10000]),
+            "console=ttyS0 quiet",
+            Some(0xe0000),
+        );
+        let info = res.unwrap();
         assert_eq!(info.protocol, BootProtocol::Linux64);
         assert_eq!(info.entry, 0x100_0000);
         let code: [u8; 3] = m.read_obj(GuestAddress(0x100_0000)).unwrap();
@@ -488,22 +500,9 @@ mod tests {
 
     #[test]
     fn too_little_memory_is_reported_with_the_need() {
-        let size = 32 * MIB;
-        let m = mem(size);
-        let mut k = temp_file(&tiny_elf(0x100_0000, &[0xf4], 24 * MIB));
-        let err = load_kernel(
-            &m,
-            size,
-            BootSource {
-                kernel: &mut k,
-                kernel_name: "vmlinux",
-                initrd: None,
-                cmdline: "",
-                acpi_rsdp: None,
-            },
-        )
-        .unwrap_err();
-        match err {
+        let kernel = tiny_elf(0x100_0000, &[0xf4], 24 * MIB);
+        let (_, res) = load(32 * MIB, &kernel, None, "", None);
+        match res.unwrap_err() {
             Error::MemoryTooSmall { have_mib, need_mib } => {
                 assert_eq!(have_mib, 32);
                 assert_eq!(need_mib, 16 + 24 + 32);
@@ -514,22 +513,10 @@ mod tests {
 
     #[test]
     fn initrd_that_does_not_fit_is_refused() {
-        let size = 64 * MIB;
-        let m = mem(size);
-        let mut k = temp_file(&tiny_elf(0x100_0000, &[0xf4], 0x1000));
-        let mut rd = temp_file(&vec![1u8; 50 * MIB as usize]);
-        let err = load_kernel(
-            &m,
-            size,
-            BootSource {
-                kernel: &mut k,
-                kernel_name: "vmlinux",
-                initrd: Some(&mut rd),
-                cmdline: "",
-                acpi_rsdp: None,
-            },
-        )
-        .unwrap_err();
+        let kernel = tiny_elf(0x100_0000, &[0xf4], 0x1000);
+        let initrd = vec![1u8; 50 * MIB as usize];
+        let (_, res) = load(64 * MIB, &kernel, Some(&initrd), "", None);
+        let err = res.unwrap_err();
         assert!(
             matches!(err, Error::InitrdTooLarge { size_mib: 50, .. }),
             "{err}"
@@ -538,21 +525,10 @@ mod tests {
 
     #[test]
     fn overlong_cmdline_is_refused() {
-        let m = mem(64 * MIB);
-        let mut k = temp_file(&tiny_elf(0x100_0000, &[0xf4], 0x1000));
+        let kernel = tiny_elf(0x100_0000, &[0xf4], 0x1000);
         let long = "x".repeat(DEFAULT_CMDLINE_MAX + 1);
-        let err = load_kernel(
-            &m,
-            64 * MIB,
-            BootSource {
-                kernel: &mut k,
-                kernel_name: "vmlinux",
-                initrd: None,
-                cmdline: &long,
-                acpi_rsdp: None,
-            },
-        )
-        .unwrap_err();
+        let (_, res) = load(64 * MIB, &kernel, None, &long, None);
+        let err = res.unwrap_err();
         assert!(matches!(err, Error::CmdlineTooLong { .. }), "{err}");
     }
 
