@@ -4,9 +4,11 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod pci;
 pub mod ratelimit;
 #[cfg(test)]
 mod test_util;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use vm_superio::Trigger;
