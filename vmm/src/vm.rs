@@ -110,7 +110,7 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
     let irqchip = vm.create_irq_chip()?;
     lap("memory and interrupt controller ready");
 
-    let rsdp = arch::x86_64::acpi::write_tables(&mem, args.cpus)?;
+    let rsdp = arch::x86_64::acpi::write_tables(&mem, args.cpus, mem_size)?;
     let kernel_name = args.kernel.display().to_string();
     let boot = arch::x86_64::load_kernel(
         &mem,
