@@ -3,11 +3,13 @@
 //! [`MsiVector`] trait, so no hypervisor name appears here.
 
 pub mod config;
+pub mod msix;
 
 pub use config::{
     BarKind, ConfigWrite, PciConfig, PciConfigError, PciHeader, COMMAND_BUS_MASTER,
     COMMAND_INTX_DISABLE, COMMAND_MEMORY,
 };
+pub use msix::{Msix, MsixCapability, MsixError};
 
 /// A function on bus 0 of the root complex, as the root sees it.
 pub trait PciDevice: Send {
