@@ -51,6 +51,16 @@ impl PciDevice for HostBridge {
 
 type Slot = Arc<Mutex<dyn PciDevice>>;
 
+/// Where a configuration access goes: bus, device, function, dword and byte in it.
+#[derive(Debug)]
+struct Target {
+    bus: u64,
+    dev: u64,
+    func: u64,
+    reg: usize,
+    byte: usize,
+}
+
 /// Bus 0 and its devices. Built before the guest runs, then shared read-only (in an `Arc`)
 /// by the bus devices in front of it, so dispatch locks only the target device.
 pub struct PciRoot {
@@ -81,44 +91,41 @@ impl PciRoot {
         Ok(n as u8)
     }
 
-    fn function(&self, bus: u64, dev: u64, func: u64) -> Option<&Slot> {
-        if bus != 0 || func != 0 {
+    fn function(&self, t: &Target) -> Option<&Slot> {
+        if t.bus != 0 || t.func != 0 {
             return None;
         }
-        self.slots.get(usize::try_from(dev).ok()?)?.as_ref()
+        self.slots.get(usize::try_from(t.dev).ok()?)?.as_ref()
     }
 
-    /// Reads `data.len()` bytes at byte `offset` of dword `reg`; absent functions and bad
-    /// accesses read all ones.
-    fn config_read(
-        &self,
-        (bus, dev, func): (u64, u64, u64),
-        reg: usize,
-        offset: usize,
-        data: &mut [u8],
-    ) {
+    /// Reads `data.len()` bytes at `t`; absent functions and bad accesses read all ones.
+    fn config_read(&self, t: &Target, data: &mut [u8]) {
         data.fill(0xff);
-        if !valid_access(offset, data.len()) {
+        if !valid_access(t.byte, data.len()) {
+            log_limited!(
+                log::Level::Debug,
+                "pci: {}-byte config read at {t:?} ignored",
+                data.len()
+            );
             return;
         }
-        if let Some(d) = self.function(bus, dev, func) {
-            let v = lock(d).read_config(reg).to_le_bytes();
-            data.copy_from_slice(&v[offset..offset + data.len()]);
+        if let Some(d) = self.function(t) {
+            let v = lock(d).read_config(t.reg).to_le_bytes();
+            data.copy_from_slice(&v[t.byte..t.byte + data.len()]);
         }
     }
 
-    fn config_write(
-        &self,
-        (bus, dev, func): (u64, u64, u64),
-        reg: usize,
-        offset: usize,
-        data: &[u8],
-    ) {
-        if !valid_access(offset, data.len()) {
+    fn config_write(&self, t: &Target, data: &[u8]) {
+        if !valid_access(t.byte, data.len()) {
+            log_limited!(
+                log::Level::Debug,
+                "pci: {}-byte config write at {t:?} ignored",
+                data.len()
+            );
             return;
         }
-        if let Some(d) = self.function(bus, dev, func) {
-            lock(d).write_config(reg, offset, data);
+        if let Some(d) = self.function(t) {
+            lock(d).write_config(t.reg, t.byte, data);
         }
     }
 
@@ -169,15 +176,20 @@ impl PciConfigIo {
         PciConfigIo { root, address: 0 }
     }
 
-    /// (bus, device, function), register and byte offset for a data-port access at `port`
-    /// (0..4 within 0xCFC); None while the enable bit is clear.
-    fn target(&self, port: u64) -> Option<((u64, u64, u64), usize, usize)> {
+    /// The target of a data-port access at byte `port` (0..4) of 0xCFC; None while the
+    /// enable bit is clear.
+    fn target(&self, port: u64) -> Option<Target> {
         if self.address & CONFIG_ENABLE == 0 {
             return None;
         }
         let a = u64::from(self.address);
-        let bdf = (a >> 16 & 0xff, a >> 11 & 0x1f, a >> 8 & 0x7);
-        Some((bdf, (a >> 2 & 0x3f) as usize, port as usize))
+        Some(Target {
+            bus: a >> 16 & 0xff,
+            dev: a >> 11 & 0x1f,
+            func: a >> 8 & 0x7,
+            reg: (a >> 2 & 0x3f) as usize,
+            byte: port as usize,
+        })
     }
 }
 
@@ -187,8 +199,8 @@ impl BusDevice for PciConfigIo {
         match offset {
             0 if data.len() == 4 => data.copy_from_slice(&self.address.to_le_bytes()),
             4..=7 => {
-                if let Some((bdf, reg, byte)) = self.target(offset - 4) {
-                    self.root.config_read(bdf, reg, byte, data);
+                if let Some(t) = self.target(offset - 4) {
+                    self.root.config_read(&t, data);
                 }
             }
             _ => log_limited!(
@@ -206,8 +218,8 @@ impl BusDevice for PciConfigIo {
                 self.address = v & CONFIG_ADDRESS_MASK;
             }
             4..=7 => {
-                if let Some((bdf, reg, byte)) = self.target(offset - 4) {
-                    self.root.config_write(bdf, reg, byte, data);
+                if let Some(t) = self.target(offset - 4) {
+                    self.root.config_write(&t, data);
                 }
             }
             _ => log_limited!(
@@ -231,7 +243,7 @@ impl PciConfigMmio {
     }
 
     /// Splits a naturally aligned 1/2/4-byte access; None for anything else.
-    fn target(offset: u64, len: usize) -> Option<((u64, u64, u64), usize, usize)> {
+    fn target(offset: u64, len: usize) -> Option<Target> {
         if !matches!(len, 1 | 2 | 4) || offset & (len as u64 - 1) != 0 {
             log_limited!(
                 log::Level::Debug,
@@ -239,22 +251,27 @@ impl PciConfigMmio {
             );
             return None;
         }
-        let bdf = (offset >> 20, offset >> 15 & 0x1f, offset >> 12 & 0x7);
-        Some((bdf, (offset & 0xfff) as usize / 4, (offset & 3) as usize))
+        Some(Target {
+            bus: offset >> 20,
+            dev: offset >> 15 & 0x1f,
+            func: offset >> 12 & 0x7,
+            reg: (offset & 0xfff) as usize / 4,
+            byte: (offset & 3) as usize,
+        })
     }
 }
 
 impl BusDevice for PciConfigMmio {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0xff);
-        if let Some((bdf, reg, byte)) = Self::target(offset, data.len()) {
-            self.root.config_read(bdf, reg, byte, data);
+        if let Some(t) = Self::target(offset, data.len()) {
+            self.root.config_read(&t, data);
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let Some((bdf, reg, byte)) = Self::target(offset, data.len()) {
-            self.root.config_write(bdf, reg, byte, data);
+        if let Some(t) = Self::target(offset, data.len()) {
+            self.root.config_write(&t, data);
         }
     }
 }
