@@ -62,6 +62,8 @@ pub enum PciConfigError {
     BarAddr { addr: u64, size: u64 },
     #[error("capability of {0} bytes is shorter than its header or does not fit")]
     CapabilitySize(usize),
+    #[error("no capability at {cap:#x} holds {len} bytes at {at} past its header")]
+    CapabilityRange { cap: usize, at: usize, len: usize },
     #[error("capability mask has {mask} bytes for {len} capability bytes")]
     CapabilityMask { len: usize, mask: usize },
 }
@@ -251,6 +253,29 @@ impl PciConfig {
         self.set(STATUS, &status.to_le_bytes());
         self.caps.push((at, len));
         Ok(at)
+    }
+
+    /// Host-side write of `bytes` at `at` bytes into the capability at `cap`, whatever the
+    /// writable mask says: for fields the device updates (an MSI-X control reset, a
+    /// virtio PCI_CFG data window). The id and next pointer stay out of reach.
+    pub fn set_capability_bytes(
+        &mut self,
+        cap: usize,
+        at: usize,
+        bytes: &[u8],
+    ) -> Result<(), PciConfigError> {
+        let fits = self.caps.iter().any(|&(o, l)| {
+            o == cap && at >= 2 && at.checked_add(bytes.len()).is_some_and(|end| end <= l)
+        });
+        if !fits {
+            return Err(PciConfigError::CapabilityRange {
+                cap,
+                at,
+                len: bytes.len(),
+            });
+        }
+        self.set(cap + at, bytes);
+        Ok(())
     }
 
     /// Guest read of dword `reg`: 0 in the extended space, all ones beyond 4 KiB.
@@ -588,6 +613,27 @@ mod tests {
         assert_eq!(c.read_reg(0x40 / 4), 0x4409, "next pointer not writable");
         assert_eq!(write32(&mut c, 0x60 / 4, u32::MAX), ConfigWrite::Other);
         assert_eq!(c.read_reg(0x60 / 4), 0);
+    }
+
+    #[test]
+    fn host_side_capability_writes_stay_inside_the_capability() {
+        let mut c = config();
+        let off = c.add_capability(&[0x09, 0, 1, 2, 3, 4], &[0; 6]).unwrap();
+        c.set_capability_bytes(off, 3, &[0xaa, 0xbb, 0xcc]).unwrap();
+        assert_eq!(c.read_reg(off / 4), 0xaa01_0009);
+        assert_eq!(c.read_reg(off / 4 + 1), 0xccbb);
+        let bad = |at, len| PciConfigError::CapabilityRange { cap: off, at, len };
+        assert_eq!(c.set_capability_bytes(off, 5, &[0; 2]), Err(bad(5, 2)));
+        assert_eq!(c.set_capability_bytes(off, 1, &[0]), Err(bad(1, 1)));
+        assert_eq!(
+            c.set_capability_bytes(off, usize::MAX, &[0]),
+            Err(bad(usize::MAX, 1))
+        );
+        assert!(
+            c.set_capability_bytes(0x44, 2, &[0]).is_err(),
+            "no capability there"
+        );
+        assert_eq!(c.read_reg(off / 4 + 1), 0xccbb);
     }
 
     #[test]
