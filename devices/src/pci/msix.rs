@@ -5,7 +5,11 @@
 //! `let cap = msix.capability(bar, table_off, bar, pba_off)?;`
 //! `let at = config.add_capability(&cap.bytes, &cap.writable)?;` then, whenever
 //! `config.write_reg` returns `ConfigWrite::Capability(at)`,
-//! `msix.set_control(config.read_u16(at + MSIX_CONTROL))`.
+//! `msix.set_control(config.read_u16(at + MSIX_CONTROL))`. After `msix.reset()`, put
+//! `msix.control()` back with `config.set_capability_bytes(at, MSIX_CONTROL, ..)`.
+//!
+//! `trigger` needs `&mut` (pending bits), so keep the `Msix` where both the BAR accesses
+//! and the queue workers reach it, e.g. in its own mutex.
 
 use std::sync::Arc;
 
@@ -165,7 +169,7 @@ impl Msix {
                 return Err(MsixError::Offset(off));
             }
         }
-        let control = (self.table.len() - 1) as u16;
+        let control = (self.table.len() - 1) as u16; // disabled, unmasked
         let mut bytes = [0u8; 12];
         bytes[0] = CAP_ID_MSIX;
         bytes[2..4].copy_from_slice(&control.to_le_bytes());
@@ -174,6 +178,18 @@ impl Msix {
         let mut writable = [0u8; 12];
         writable[MSIX_CONTROL + 1] = ((CONTROL_ENABLE | CONTROL_FUNCTION_MASK) >> 8) as u8;
         Ok(MsixCapability { bytes, writable })
+    }
+
+    /// Message Control as this table stands: table size, enable and function mask.
+    pub fn control(&self) -> u16 {
+        let mut c = (self.table.len() - 1) as u16;
+        if self.enabled {
+            c |= CONTROL_ENABLE;
+        }
+        if self.function_masked {
+            c |= CONTROL_FUNCTION_MASK;
+        }
+        c
     }
 
     /// The guest wrote Message Control. Unmasking or enabling delivers pending vectors.
@@ -477,6 +493,7 @@ mod tests {
         let cap = m.capability(2, 0x2000, 2, 0x3000).unwrap();
         assert_eq!(cap.bytes[0], CAP_ID_MSIX);
         assert_eq!(u16::from_le_bytes([cap.bytes[2], cap.bytes[3]]), 2);
+        assert_eq!(m.control(), 2);
         assert_eq!(cap.bytes[4..8], 0x2002u32.to_le_bytes());
         assert_eq!(cap.bytes[8..12], 0x3002u32.to_le_bytes());
         assert_eq!(cap.writable, [0, 0, 0, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0]);
@@ -486,12 +503,43 @@ mod tests {
     }
 
     #[test]
+    fn wiring_through_the_config_header() {
+        use crate::pci::{ConfigWrite, PciConfig, PciHeader};
+        let (mut m, f) = msix(4);
+        let mut c = PciConfig::new(&PciHeader::default());
+        let cap = m.capability(1, 0, 1, 0x800).unwrap();
+        let at = c.add_capability(&cap.bytes, &cap.writable).unwrap();
+        program(&mut m, 3, 0xfee0_0000, 7);
+        // The guest sets enable and tries to change the table size.
+        let w = c.write_reg(at / 4, 2, &0xffffu16.to_le_bytes());
+        assert_eq!(w, ConfigWrite::Capability(at));
+        m.set_control(c.read_u16(at + MSIX_CONTROL));
+        assert!(m.enabled() && m.function_masked());
+        assert_eq!(c.read_u16(at + MSIX_CONTROL), ENABLE | FMASK | 3);
+        assert!(m.trigger(3));
+        assert_eq!(f[3].triggers(), 0);
+        c.write_reg(at / 4, 3, &[0x80]);
+        m.set_control(c.read_u16(at + MSIX_CONTROL));
+        assert_eq!(
+            f[3].triggers(),
+            1,
+            "pending vector delivered on function unmask"
+        );
+        m.reset();
+        c.set_capability_bytes(at, MSIX_CONTROL, &m.control().to_le_bytes())
+            .unwrap();
+        assert_eq!(c.read_u16(at + MSIX_CONTROL), 3);
+    }
+
+    #[test]
     fn reset_masks_and_clears() {
         let (mut m, f) = msix(1);
         program(&mut m, 0, 0xfee0_0000, 1);
         m.set_control(ENABLE | FMASK);
         m.trigger(0);
+        assert_eq!(m.control(), ENABLE | FMASK);
         m.reset();
+        assert_eq!(m.control(), 0, "table size 1 is encoded as 0");
         assert!(!m.enabled() && !m.function_masked() && !m.pending(0));
         assert_eq!(r32(&m, 12), 1);
         assert_eq!(r32(&m, 0), 0);
