@@ -62,7 +62,9 @@ struct Target {
 }
 
 /// Bus 0 and its devices. Built before the guest runs, then shared read-only (in an `Arc`)
-/// by the bus devices in front of it, so dispatch locks only the target device.
+/// by the bus devices in front of it, so dispatch takes no root-wide lock. A BAR access
+/// locks each device in turn until one decodes it, so devices must not hold their own
+/// lock for long (keep queue work outside it).
 pub struct PciRoot {
     slots: Vec<Option<Slot>>,
 }
