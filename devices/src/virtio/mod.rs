@@ -3,6 +3,8 @@
 //! kick event fds, the [`VirtioInterrupt`] it was given and the files the device was built
 //! with, so the VMM may run it on a thread today and in a jailed process later.
 
+pub mod queue_util;
+pub mod rng;
 pub mod worker;
 
 use std::sync::Arc;
@@ -24,9 +26,8 @@ pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 
 /// Features every berth device offers on top of its own.
-pub const COMMON_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
-    | (1 << VIRTIO_RING_F_EVENT_IDX)
-    | (1 << VIRTIO_RING_F_INDIRECT_DESC);
+pub const COMMON_FEATURES: u64 =
+    (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX) | (1 << VIRTIO_RING_F_INDIRECT_DESC);
 
 #[derive(Debug, Error)]
 pub enum ActivateError {
