@@ -3,6 +3,7 @@
 //! kick event fds, the [`VirtioInterrupt`] it was given and the files the device was built
 //! with, so the VMM may run it on a thread today and in a jailed process later.
 
+pub mod console;
 pub mod queue_util;
 pub mod rng;
 pub mod worker;
