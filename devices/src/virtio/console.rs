@@ -498,6 +498,25 @@ mod tests {
     }
 
     #[test]
+    fn transmit_follows_indirect_tables_and_caps_a_huge_chain() {
+        let mem = memory();
+        let rig = Rig::new(&mem);
+        let (c, out) = console(None);
+        let mut w = rig.worker(&c);
+        mem.write_slice(b"in", GuestAddress(A)).unwrap();
+        mem.write_slice(b"direct", GuestAddress(B)).unwrap();
+        rig.txq
+            .add_indirect(0, 0x8_0000, &[desc(A, 2, false), desc(B, 6, false)]);
+        w.transmit();
+        assert_eq!(out.text(), b"indirect");
+
+        rig.txq.add(1, &[desc(A, 4 << 20, false)]);
+        w.transmit();
+        assert_eq!(out.text().len() as u64, 8 + TX_CAP);
+        assert_eq!(rig.txq.used_idx(), 2);
+    }
+
+    #[test]
     fn transmit_drops_a_chain_outside_memory_and_goes_on() {
         let mem = memory();
         let rig = Rig::new(&mem);

@@ -121,7 +121,9 @@ pub(crate) mod test_support {
 
     use std::sync::{Arc, Mutex};
 
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_bindings::virtio_ring::{
+        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    };
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::QueueT;
@@ -191,6 +193,27 @@ pub(crate) mod test_support {
             self.mock.add_desc_chains(&linked, at).unwrap();
         }
 
+        /// Publishes a one-descriptor chain at `at` that points to an indirect table at
+        /// `table` holding `chain` (links filled in).
+        pub fn add_indirect(&self, at: u16, table: u64, chain: &[RawDescriptor]) {
+            let n = chain.len() as u16;
+            for i in 0..n {
+                let d = Descriptor::from(chain[usize::from(i)]);
+                let (flags, next) = if i + 1 == n {
+                    (d.flags(), 0)
+                } else {
+                    (d.flags() | VRING_DESC_F_NEXT as u16, i + 1)
+                };
+                let d = Descriptor::new(d.addr().0, d.len(), flags, next);
+                let addr = GuestAddress(table + 16 * u64::from(i));
+                self.mem.write_obj(RawDescriptor::from(d), addr).unwrap();
+            }
+            let head = Descriptor::new(table, 16 * u32::from(n), VRING_DESC_F_INDIRECT as u16, 0);
+            self.mock
+                .add_desc_chains(&[RawDescriptor::from(head)], at)
+                .unwrap();
+        }
+
         /// Used ring entry `i` as (head, len).
         pub fn used(&self, i: u16) -> (u32, u32) {
             let at = self.used.0 + 4 + 8 * u64::from(i);
@@ -207,6 +230,12 @@ pub(crate) mod test_support {
         pub fn set_used_event(&self, v: u16) {
             let at = self.mock.avail_addr().0 + 4 + 2 * u64::from(self.size);
             self.mem.write_obj(v, GuestAddress(at)).unwrap();
+        }
+
+        /// EVENT_IDX: the device wants a kick once the avail index passes this.
+        pub fn avail_event(&self) -> u16 {
+            let at = self.used.0 + 4 + 8 * u64::from(self.size);
+            self.mem.read_obj(GuestAddress(at)).unwrap()
         }
 
         /// Without EVENT_IDX: whether the device asked not to be kicked.
@@ -337,5 +366,34 @@ mod tests {
         serve(&mem, &mut q, 0, &*irq, |_| Some(0));
         assert_eq!(tq.used_idx(), 2);
         assert_eq!(irq.used_count(0), 1);
+    }
+
+    #[test]
+    fn chains_added_while_serving_are_served_and_kicks_rearmed() {
+        for event_idx in [false, true] {
+            let mem = memory();
+            let tq = TestQueue::new(&mem, 0, 16);
+            let mut q = tq.queue();
+            q.set_event_idx(event_idx);
+            tq.add(0, &[desc(0x10_0000, 8, true)]);
+            let irq = interrupt();
+            let mut heads = Vec::new();
+            serve(&mem, &mut q, 0, &*irq, |c| {
+                if heads.is_empty() {
+                    // The driver races the device and, seeing no need to kick, does not.
+                    tq.add(1, &[desc(0x10_0000, 8, true)]);
+                }
+                heads.push(c.head_index());
+                Some(0)
+            });
+            assert_eq!(heads, [0, 1], "event_idx {event_idx}");
+            assert_eq!(tq.used_idx(), 2);
+            // The driver must kick for its next chain, index 2.
+            if event_idx {
+                assert_eq!(tq.avail_event(), 2);
+            } else {
+                assert!(!tq.no_notify());
+            }
+        }
     }
 }
