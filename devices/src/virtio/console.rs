@@ -151,7 +151,7 @@ const INPUT: u64 = 3;
 
 impl ConsoleWorker {
     /// Writes every available transmit chain to the output.
-    pub fn transmit(&mut self) {
+    fn transmit(&mut self) {
         let ConsoleWorker {
             mem,
             tx,
@@ -170,7 +170,7 @@ impl ConsoleWorker {
     }
 
     /// Gives pending input to the guest, as far as its receive buffers go.
-    pub fn receive(&mut self) {
+    fn receive(&mut self) {
         let ConsoleWorker {
             mem,
             rx,
@@ -189,12 +189,12 @@ impl ConsoleWorker {
 
     /// Whether the input fd should be watched: only while nothing waits for rx buffers,
     /// which is the flow control towards whoever feeds the input.
-    pub fn wants_input(&self) -> bool {
+    fn wants_input(&self) -> bool {
         self.input_open && self.pending.is_empty()
     }
 
     /// Reads what the input has (once, up to INPUT_BUF bytes) into the pending buffer.
-    pub fn read_input(&mut self) {
+    fn read_input(&mut self) {
         let Some(input) = &self.input else { return };
         if !self.wants_input() {
             return;

@@ -4,7 +4,7 @@
 //! with, so the VMM may run it on a thread today and in a jailed process later.
 
 pub mod console;
-pub mod queue_util;
+mod queue_util;
 pub mod rng;
 pub mod worker;
 

@@ -5,6 +5,8 @@
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
 use super::{ActivateError, Activation, GuestMemory, VirtioInterrupt, VIRTIO_RING_F_EVENT_IDX};
+use vm_memory::GuestAddress;
+
 use crate::log_limited;
 
 /// A chain as a worker sees it: borrowed guest memory, nothing else.
@@ -55,6 +57,14 @@ where
                 break true;
             };
             progressed = true;
+            // Checked here because add_used reports a bad head through an unlimited log.
+            if head >= queue.size() {
+                log_limited!(
+                    log::Level::Warn,
+                    "virtio queue {index}: head {head} out of range"
+                );
+                continue;
+            }
             match queue.add_used(mem, head, len) {
                 Ok(()) => added = true,
                 Err(e) => log_limited!(log::Level::Warn, "virtio queue {index}: used ring: {e}"),
@@ -105,7 +115,7 @@ pub fn prepare_queues(act: &mut Activation, count: usize) -> Result<(), Activate
             return Err(ActivateError::QueueNotReady(i));
         }
         // Checked once here so the data path never reads rings outside guest memory.
-        if !q.is_valid(&act.mem) {
+        if !rings_in_memory(q, &act.mem) {
             return Err(ActivateError::Device(format!(
                 "queue {i} lies outside guest memory"
             )));
@@ -113,6 +123,16 @@ pub fn prepare_queues(act: &mut Activation, count: usize) -> Result<(), Activate
         q.set_event_idx(event_idx);
     }
     Ok(())
+}
+
+/// Queue::is_valid without its unlimited logging, which the guest could provoke at will.
+fn rings_in_memory(q: &Queue, mem: &GuestMemory) -> bool {
+    use vm_memory::{GuestMemory as _, Permissions};
+    let n = usize::from(q.size());
+    let fits = |addr: u64, len: usize, access| mem.check_range(GuestAddress(addr), len, access);
+    fits(q.desc_table(), 16 * n, Permissions::Read)
+        && fits(q.avail_ring(), 6 + 2 * n, Permissions::Read)
+        && fits(q.used_ring(), 6 + 8 * n, Permissions::Write)
 }
 
 #[cfg(test)]

@@ -74,7 +74,7 @@ const KICK: u64 = 1;
 
 impl RngWorker {
     /// Answers every request the driver has made available.
-    pub fn process(&mut self) {
+    fn process(&mut self) {
         let RngWorker {
             mem,
             queue,
@@ -280,6 +280,25 @@ mod tests {
         assert!(matches!(
             Rng::new().activate(act),
             Err(ActivateError::QueueNotReady(0))
+        ));
+    }
+
+    #[test]
+    fn activation_refuses_rings_outside_memory() {
+        let mem = memory();
+        let tq = TestQueue::new(&mem, 0, QUEUE_SIZE);
+        let mut q = tq.queue();
+        q.set_used_ring_address(Some(0xff_fc00), Some(0)); // 1 KiB before the end: too short
+        let act = Activation {
+            mem: mem.clone(),
+            queues: vec![q],
+            kicks: vec![EventFd::new(0).unwrap()],
+            interrupt: interrupt(),
+            features: COMMON_FEATURES,
+        };
+        assert!(matches!(
+            Rng::new().activate(act),
+            Err(ActivateError::Device(_))
         ));
     }
 
