@@ -4,6 +4,9 @@
 //! with, so the VMM may run it on a thread today and in a jailed process later.
 
 pub mod blk;
+pub mod console;
+mod queue_util;
+pub mod rng;
 pub mod worker;
 
 use std::sync::Arc;
