@@ -5,6 +5,7 @@
 
 pub mod blk;
 pub mod console;
+pub mod pci;
 mod queue_util;
 pub mod rng;
 pub mod worker;
@@ -81,4 +82,21 @@ pub trait VirtioDevice: Send {
 /// A device's data path: serves the queues until `stop` fires, then returns.
 pub trait VirtioWorker: Send {
     fn run(self: Box<Self>, stop: EventFd);
+}
+
+/// Starts workers where the VMM wants them (a thread today, a jailed process later).
+pub trait Spawner: Send + Sync {
+    /// Runs `worker` until `stop` fires; `name` names the thread or process.
+    fn spawn(
+        &self,
+        name: String,
+        worker: Box<dyn VirtioWorker>,
+        stop: EventFd,
+    ) -> std::io::Result<Box<dyn Running>>;
+}
+
+/// A started worker.
+pub trait Running: Send {
+    /// Waits until the worker has returned (after its stop fd fired).
+    fn join(self: Box<Self>);
 }
