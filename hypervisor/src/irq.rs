@@ -1,5 +1,6 @@
 //! Interrupt-controller abstraction: how devices' interrupts reach the guest.
 
+use crate::arch::IrqChipArch;
 use crate::{EventFd, Result};
 
 /// Where an ioevent listens.
@@ -16,6 +17,9 @@ pub enum IoEventAddress {
 pub struct MsiMessage {
     pub address: u64,
     pub data: u32,
+    /// The requester's device id (PCI bus/device/function), for interrupt controllers that
+    /// translate MSIs per device (the aarch64 GICv3 ITS); `None` where it does not matter.
+    pub devid: Option<u32>,
 }
 
 /// One entry of the interrupt routing table (GSI to pin or MSI).
@@ -28,7 +32,7 @@ pub enum IrqRoute {
 }
 
 /// The VM's interrupt controller, as devices (through the VMM) see it.
-pub trait IrqChip: Send + Sync {
+pub trait IrqChip: IrqChipArch + Send + Sync {
     /// Number of wired interrupt lines (GSIs backed by pins).
     fn pin_count(&self) -> u32;
     /// Drives line `gsi` high or low.
@@ -39,4 +43,9 @@ pub trait IrqChip: Send + Sync {
     fn unregister_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<()>;
     /// Replaces the MSI part of the routing table; pin routes stay as the platform set them.
     fn set_msi_routes(&self, routes: &[IrqRoute]) -> Result<()>;
+    /// Completes the controller once every vCPU exists and before any runs or any irqfd is
+    /// registered (the aarch64 GIC is initialised here; x86_64 has nothing to do).
+    fn finalize(&self) -> Result<()> {
+        Ok(())
+    }
 }

@@ -20,6 +20,10 @@ pub mod kvm;
 pub mod x86_64;
 #[cfg(target_arch = "x86_64")]
 pub use x86_64 as arch;
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
+#[cfg(target_arch = "aarch64")]
+pub use aarch64 as arch;
 
 use std::sync::Arc;
 
@@ -28,7 +32,7 @@ pub use exit::{SystemEvent, VcpuExit};
 pub use irq::{IoEventAddress, IrqChip, IrqRoute, MsiMessage};
 pub use vmm_sys_util::eventfd::EventFd;
 
-use arch::{HypervisorArch, VcpuArch, VmArch};
+use arch::{HypervisorArch, IrqChipConfig, VcpuArch, VmArch};
 
 /// Which hypervisor backend to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,10 +84,12 @@ pub trait Vm: VmArch + Send + Sync {
     unsafe fn add_memory_region(&self, region: MemoryRegion) -> Result<()>;
 
     /// Creates the platform interrupt controller (on x86_64 the PIC/IOAPIC/LAPIC model and the
-    /// PIT; on aarch64 the GIC). Call once, before creating vCPUs.
-    fn create_irq_chip(&self) -> Result<Arc<dyn IrqChip>>;
+    /// PIT; on aarch64 the GIC, v3 or else v2). Call once, before creating vCPUs; call
+    /// [`IrqChip::finalize`] once they all exist.
+    fn create_irq_chip(&self, config: &IrqChipConfig) -> Result<Arc<dyn IrqChip>>;
 
-    /// Creates vCPU `id` (0-based; also its APIC id / MPIDR affinity).
+    /// Creates vCPU `id` (0-based; also its APIC id / MPIDR affinity). On aarch64 the vCPU is
+    /// also initialised: PSCI 0.2, and every vCPU but 0 powered off until PSCI CPU_ON.
     fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>>;
 
     /// Makes a guest access to `addr` (optionally only of value `datamatch`) signal `evt`

@@ -140,6 +140,14 @@ pub trait HypervisorArch {
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>>;
 }
 
+/// What the x86_64 interrupt controller needs at creation: nothing, the PIC, IOAPIC and LAPIC
+/// sit at their architectural places.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IrqChipConfig;
+
+/// x86_64 parts of [`crate::IrqChip`]: none.
+pub trait IrqChipArch {}
+
 /// x86_64 parts of [`crate::Vm`]: nothing yet beyond the common trait; the backend sets up
 /// what Intel/AMD need (TSS, identity map) when the VM is created.
 pub trait VmArch {}

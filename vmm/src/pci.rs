@@ -39,6 +39,7 @@ impl MsiRoutes {
                 msi: hypervisor::MsiMessage {
                     address: m.address,
                     data: m.data,
+                    devid: None,
                 },
             })
             .collect();

@@ -117,7 +117,7 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
     lap("VM created");
     let mem = memory::create(mem_size, &ram_ranges(mem_size))?;
     memory::register(&*vm, &mem)?;
-    let irqchip = vm.create_irq_chip()?;
+    let irqchip = vm.create_irq_chip(&Default::default())?;
     lap("memory and interrupt controller ready");
 
     let rsdp = arch::x86_64::acpi::write_tables(&mem, args.cpus, mem_size)?;

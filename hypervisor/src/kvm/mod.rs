@@ -1,19 +1,24 @@
 //! The KVM backend, on kvm-ioctls. The only module in berth that names KVM.
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
+#[cfg(target_arch = "aarch64")]
+use aarch64::ArchIrqChip;
 #[cfg(target_arch = "x86_64")]
-use x86_64::{default_irqchip_for, pin_routes, PIN_COUNT};
+use x86_64::ArchIrqChip;
 
 use std::sync::Arc;
 
 use kvm_bindings::{
     kvm_irq_routing_entry, kvm_userspace_memory_region, KvmIrqRouting, KVM_IRQ_ROUTING_IRQCHIP,
-    KVM_IRQ_ROUTING_MSI, KVM_MEM_READONLY, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
-    KVM_SYSTEM_EVENT_SHUTDOWN,
+    KVM_IRQ_ROUTING_MSI, KVM_MEM_READONLY, KVM_MSI_VALID_DEVID, KVM_SYSTEM_EVENT_CRASH,
+    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuExit as KvmExit, VcpuFd, VmFd};
 
+use crate::arch::IrqChipConfig;
 use crate::irq::{IoEventAddress, IrqChip, IrqRoute};
 use crate::{
     Error, EventFd, Hypervisor, HypervisorKind, MemoryRegion, Result, SystemEvent, Vcpu, VcpuExit,
@@ -35,6 +40,10 @@ const REQUIRED_CAPS: &[(Cap, &str)] = &[
     (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
     #[cfg(target_arch = "x86_64")]
     (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+    #[cfg(target_arch = "aarch64")]
+    (Cap::ArmPsci02, "KVM_CAP_ARM_PSCI_0_2"),
+    #[cfg(target_arch = "aarch64")]
+    (Cap::OneReg, "KVM_CAP_ONE_REG"),
 ];
 
 /// Handle on /dev/kvm.
@@ -112,10 +121,11 @@ impl Vm for KvmVm {
             .map_err(|e| Error::ioctl("KVM_SET_USER_MEMORY_REGION", e))
     }
 
-    fn create_irq_chip(&self) -> Result<Arc<dyn IrqChip>> {
-        self.arch_create_irq_chip()?;
+    fn create_irq_chip(&self, config: &IrqChipConfig) -> Result<Arc<dyn IrqChip>> {
+        let arch = self.arch_create_irq_chip(config)?;
         Ok(Arc::new(KvmIrqChip {
             vm: self.fd.clone(),
+            arch,
         }))
     }
 
@@ -124,6 +134,7 @@ impl Vm for KvmVm {
             .fd
             .create_vcpu(u64::from(id))
             .map_err(|e| Error::ioctl("KVM_CREATE_VCPU", e))?;
+        self.arch_init_vcpu(&fd, id)?;
         Ok(Box::new(KvmVcpu { id, fd }))
     }
 
@@ -170,16 +181,18 @@ fn kvm_ioevent_addr(addr: IoEventAddress) -> kvm_ioctls::IoEventAddress {
 /// The in-kernel interrupt controller of a KVM VM.
 pub struct KvmIrqChip {
     vm: Arc<VmFd>,
+    /// The architecture's part: pin routes, line numbering, the GIC device.
+    arch: ArchIrqChip,
 }
 
 impl IrqChip for KvmIrqChip {
     fn pin_count(&self) -> u32 {
-        PIN_COUNT
+        self.arch.pin_count()
     }
 
     fn set_irq_line(&self, gsi: u32, level: bool) -> Result<()> {
         self.vm
-            .set_irq_line(gsi, level)
+            .set_irq_line(self.arch.irq_line_number(gsi)?, level)
             .map_err(|e| Error::ioctl("KVM_IRQ_LINE", e))
     }
 
@@ -197,14 +210,14 @@ impl IrqChip for KvmIrqChip {
 
     fn set_msi_routes(&self, routes: &[IrqRoute]) -> Result<()> {
         // KVM_SET_GSI_ROUTING replaces the whole table: restate the platform's pin routes.
-        let mut entries: Vec<kvm_irq_routing_entry> = pin_routes();
+        let mut entries: Vec<kvm_irq_routing_entry> = self.arch.pin_routes();
         for route in routes {
             let mut e = kvm_irq_routing_entry::default();
             match *route {
                 IrqRoute::Pin { gsi, pin } => {
                     e.gsi = gsi;
                     e.type_ = KVM_IRQ_ROUTING_IRQCHIP;
-                    e.u.irqchip.irqchip = default_irqchip_for(pin);
+                    e.u.irqchip.irqchip = self.arch.irqchip_for(pin);
                     e.u.irqchip.pin = pin;
                 }
                 IrqRoute::Msi { gsi, msi } => {
@@ -213,6 +226,10 @@ impl IrqChip for KvmIrqChip {
                     e.u.msi.address_lo = msi.address as u32;
                     e.u.msi.address_hi = (msi.address >> 32) as u32;
                     e.u.msi.data = msi.data;
+                    if let Some(devid) = msi.devid {
+                        e.flags = KVM_MSI_VALID_DEVID;
+                        e.u.msi.__bindgen_anon_1.devid = devid;
+                    }
                 }
             }
             entries.push(e);
@@ -222,6 +239,10 @@ impl IrqChip for KvmIrqChip {
         self.vm
             .set_gsi_routing(&table)
             .map_err(|e| Error::ioctl("KVM_SET_GSI_ROUTING", e))
+    }
+
+    fn finalize(&self) -> Result<()> {
+        self.arch.finalize()
     }
 }
 

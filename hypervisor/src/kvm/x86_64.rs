@@ -7,15 +7,17 @@ use kvm_bindings::{
     KVM_PIT_SPEAKER_DUMMY,
 };
 
-use super::{KvmHypervisor, KvmVcpu, KvmVm};
+use kvm_ioctls::VcpuFd;
+
+use super::{KvmHypervisor, KvmIrqChip, KvmVcpu, KvmVm};
 use crate::x86_64::{
-    CpuidEntry, DescriptorTable, Fpu, HypervisorArch, LapicState, Msr, Regs, Segment, Sregs,
-    VcpuArch, VmArch,
+    CpuidEntry, DescriptorTable, Fpu, HypervisorArch, IrqChipArch, IrqChipConfig, LapicState, Msr,
+    Regs, Segment, Sregs, VcpuArch, VmArch,
 };
 use crate::{Error, Result};
 
 /// IOAPIC pins; GSIs 0-23 are wired.
-pub(super) const PIN_COUNT: u32 = 24;
+const PIN_COUNT: u32 = 24;
 
 // Three pages just below the 4 GiB boundary that Intel VMX needs for real-mode emulation;
 // the guest memory layout keeps them out of RAM and device ranges.
@@ -32,7 +34,12 @@ impl KvmVm {
             .map_err(|e| Error::ioctl("KVM_SET_TSS_ADDR", e))
     }
 
-    pub(super) fn arch_create_irq_chip(&self) -> Result<()> {
+    /// Nothing to do: x86_64 vCPUs start from their reset state, set by the boot code.
+    pub(super) fn arch_init_vcpu(&self, _vcpu: &VcpuFd, _id: u32) -> Result<()> {
+        Ok(())
+    }
+
+    pub(super) fn arch_create_irq_chip(&self, _config: &IrqChipConfig) -> Result<ArchIrqChip> {
         self.fd
             .create_irq_chip()
             .map_err(|e| Error::ioctl("KVM_CREATE_IRQCHIP", e))?;
@@ -43,14 +50,43 @@ impl KvmVm {
         };
         self.fd
             .create_pit2(pit)
-            .map_err(|e| Error::ioctl("KVM_CREATE_PIT2", e))
+            .map_err(|e| Error::ioctl("KVM_CREATE_PIT2", e))?;
+        Ok(ArchIrqChip)
     }
 }
 
 impl VmArch for KvmVm {}
 
+/// The x86_64 half of [`KvmIrqChip`]: the PIC/IOAPIC model lives in KVM, nothing to keep.
+pub(super) struct ArchIrqChip;
+
+impl ArchIrqChip {
+    pub(super) fn pin_count(&self) -> u32 {
+        PIN_COUNT
+    }
+
+    /// KVM_IRQ_LINE takes the GSI as it is on x86_64.
+    pub(super) fn irq_line_number(&self, gsi: u32) -> Result<u32> {
+        Ok(gsi)
+    }
+
+    pub(super) fn pin_routes(&self) -> Vec<kvm_irq_routing_entry> {
+        pin_routes()
+    }
+
+    pub(super) fn irqchip_for(&self, _pin: u32) -> u32 {
+        KVM_IRQCHIP_IOAPIC
+    }
+
+    pub(super) fn finalize(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl IrqChipArch for KvmIrqChip {}
+
 /// The routes KVM sets up by default: GSI 0-15 to both PICs and the IOAPIC, 16-23 to the IOAPIC.
-pub(super) fn pin_routes() -> Vec<kvm_irq_routing_entry> {
+fn pin_routes() -> Vec<kvm_irq_routing_entry> {
     let mut v = Vec::new();
     let mut add = |gsi: u32, chip: u32, pin: u32| {
         let mut e = kvm_irq_routing_entry {
@@ -71,10 +107,6 @@ pub(super) fn pin_routes() -> Vec<kvm_irq_routing_entry> {
         add(gsi, KVM_IRQCHIP_IOAPIC, gsi);
     }
     v
-}
-
-pub(super) fn default_irqchip_for(_pin: u32) -> u32 {
-    KVM_IRQCHIP_IOAPIC
 }
 
 impl HypervisorArch for KvmHypervisor {
