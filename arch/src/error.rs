@@ -5,6 +5,8 @@ use thiserror::Error;
 pub enum Error {
     #[error("{0} is not a Linux kernel this architecture can boot (expected a bzImage or an ELF vmlinux)")]
     NotAKernel(String),
+    #[error("{0} is not an arm64 Linux kernel (expected an Image, or a gzip-compressed Image)")]
+    NotAnImage(String),
     #[error("loading the kernel failed: {0}")]
     KernelLoad(String),
     #[error(
@@ -21,6 +23,8 @@ pub enum Error {
     Cmdline(String),
     #[error("writing boot data into guest memory failed: {0}")]
     GuestMemory(String),
+    #[error("building the device tree failed: {0}")]
+    Fdt(String),
     #[error("setting up vCPU {cpu} failed: {source}")]
     Vcpu { cpu: u32, source: hypervisor::Error },
 }

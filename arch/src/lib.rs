@@ -2,6 +2,8 @@
 //! guest and the vCPU state that starts it. Register values are applied through the neutral
 //! hypervisor traits, so nothing here depends on a particular hypervisor.
 
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
 mod error;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
