@@ -82,6 +82,11 @@ impl PciRoot {
         PciRoot { slots }
     }
 
+    /// The slot [`PciRoot::add_device`] will use next, if any is free.
+    pub fn next_free_slot(&self) -> Option<u8> {
+        self.slots.iter().position(Option::is_none).map(|n| n as u8)
+    }
+
     /// Puts `dev` in the first free slot (as function 0) and returns the slot number.
     pub fn add_device(&mut self, dev: Arc<Mutex<dyn PciDevice>>) -> Result<u8, PciRootError> {
         let n = self
