@@ -4,8 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+pub use crate::platform::DEFAULT_CMDLINE;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,7 +29,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Kernel image: an x86_64 bzImage or ELF vmlinux.
+    /// Kernel image: on x86_64 a bzImage or ELF vmlinux, on aarch64 an Image (or Image.gz).
     #[arg(long, value_name = "PATH")]
     pub kernel: PathBuf,
 

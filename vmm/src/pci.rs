@@ -4,9 +4,6 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use arch::x86_64::layout::{
-    pci_mmio64, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO32_SIZE, PCI_MMIO32_START,
-};
 use arch::GuestMemory;
 use devices::bus::lock;
 use devices::pci::{MsiMessage, MsiVector, PciConfigIo, PciConfigMmio, PciMmio, PciRoot};
@@ -18,37 +15,36 @@ use vm_allocator::{AddressAllocator, AllocPolicy};
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
 use crate::error::{Error, Result};
+use crate::platform::PciLayout;
 use crate::worker::ThreadSpawner;
-
-const PCI_CONFIG_PORT: u64 = 0xcf8;
-const PCI_CONFIG_PORT_LEN: u64 = 8;
 
 /// The MSI part of the hypervisor's routing table, rewritten whenever the guest reprograms a
 /// vector (the hypervisor API replaces the table as a whole).
 struct MsiRoutes {
     irqchip: Arc<dyn IrqChip>,
-    table: Mutex<BTreeMap<u32, MsiMessage>>,
+    /// GSI to (message, requester id).
+    table: Mutex<BTreeMap<u32, (MsiMessage, Option<u32>)>>,
 }
 
 impl MsiRoutes {
-    fn apply(&self, table: &BTreeMap<u32, MsiMessage>) -> hypervisor::Result<()> {
+    fn apply(&self, table: &BTreeMap<u32, (MsiMessage, Option<u32>)>) -> hypervisor::Result<()> {
         let routes: Vec<IrqRoute> = table
             .iter()
-            .map(|(&gsi, m)| IrqRoute::Msi {
+            .map(|(&gsi, (m, devid))| IrqRoute::Msi {
                 gsi,
                 msi: hypervisor::MsiMessage {
                     address: m.address,
                     data: m.data,
-                    devid: None,
+                    devid: *devid,
                 },
             })
             .collect();
         self.irqchip.set_msi_routes(&routes)
     }
 
-    fn set(&self, gsi: u32, msg: MsiMessage) {
+    fn set(&self, gsi: u32, msg: MsiMessage, devid: Option<u32>) {
         let mut table = lock(&self.table);
-        table.insert(gsi, msg);
+        table.insert(gsi, (msg, devid));
         if let Err(e) = self.apply(&table) {
             devices::log_limited!(log::Level::Error, "MSI route for GSI {gsi}: {e}");
         }
@@ -58,13 +54,14 @@ impl MsiRoutes {
 /// One MSI-X vector: an irqfd on its own GSI.
 struct Vector {
     gsi: u32,
+    devid: Option<u32>,
     irqfd: EventFd,
     routes: Arc<MsiRoutes>,
 }
 
 impl MsiVector for Vector {
     fn set_message(&self, msg: MsiMessage) {
-        self.routes.set(self.gsi, msg);
+        self.routes.set(self.gsi, msg, self.devid);
     }
 
     fn trigger(&self) {
@@ -80,7 +77,7 @@ pub struct PciBuilder<'a> {
     irqchip: Arc<dyn IrqChip>,
     mem: GuestMemory,
     root: PciRoot,
-    mmio64: (u64, u64),
+    layout: PciLayout,
     bars: AddressAllocator,
     routes: Arc<MsiRoutes>,
     next_gsi: u32,
@@ -96,10 +93,9 @@ impl<'a> PciBuilder<'a> {
         vm: &'a dyn Vm,
         irqchip: Arc<dyn IrqChip>,
         mem: GuestMemory,
-        mem_size: u64,
+        layout: PciLayout,
     ) -> Result<Self> {
-        let mmio64 = pci_mmio64(mem_size);
-        let bars = AddressAllocator::new(mmio64.0, mmio64.1)
+        let bars = AddressAllocator::new(layout.mmio64.0, layout.mmio64.1)
             .map_err(|e| dev_err("PCI window", format!("{e:?}")))?;
         Ok(PciBuilder {
             vm,
@@ -111,21 +107,22 @@ impl<'a> PciBuilder<'a> {
             irqchip,
             mem,
             root: PciRoot::new(),
-            mmio64,
+            layout,
             bars,
             spawner: Arc::new(ThreadSpawner),
         })
     }
 
-    fn vector(&mut self) -> Result<Arc<dyn MsiVector>> {
+    fn vector(&mut self, devid: Option<u32>) -> Result<Arc<dyn MsiVector>> {
         let gsi = self.next_gsi;
         self.next_gsi += 1;
         // Masked until the guest programs it; the route is written once at attach.
-        lock(&self.routes.table).insert(gsi, MsiMessage::default());
+        lock(&self.routes.table).insert(gsi, (MsiMessage::default(), devid));
         let irqfd = EventFd::new(EFD_NONBLOCK).map_err(|e| dev_err("eventfd", e))?;
         self.irqchip.register_irqfd(&irqfd, gsi)?;
         Ok(Arc::new(Vector {
             gsi,
+            devid,
             irqfd,
             routes: self.routes.clone(),
         }))
@@ -133,8 +130,14 @@ impl<'a> PciBuilder<'a> {
 
     /// Puts `device` on the bus as a virtio-pci function named `name`.
     pub fn add_virtio(&mut self, name: &str, device: Box<dyn VirtioDevice>) -> Result<()> {
+        // The requester id of bus 0, function 0 of the slot the device will get.
+        let slot = self
+            .root
+            .next_free_slot()
+            .ok_or_else(|| dev_err(name, "no free PCI slot"))?;
+        let devid = self.layout.msi_devid.then_some(u32::from(slot) << 3);
         let vectors = (0..device.queue_max_sizes().len() + 1)
-            .map(|_| self.vector())
+            .map(|_| self.vector(devid))
             .collect::<Result<Vec<_>>>()?;
         let bar = self
             .bars
@@ -154,10 +157,11 @@ impl<'a> PciBuilder<'a> {
             self.vm
                 .register_ioevent(evt, IoEventAddress::Mmio(addr), None)?;
         }
-        let slot = self
+        let placed = self
             .root
             .add_device(Arc::new(Mutex::new(dev)))
             .map_err(|e| dev_err(name, e))?;
+        debug_assert_eq!(placed, slot);
         log::debug!("{name}: PCI 00:{slot:02x}.0, BAR0 at {bar:#x}");
         Ok(())
     }
@@ -169,19 +173,22 @@ impl<'a> PciBuilder<'a> {
         let insert = |bus: &mut Bus, dev: Arc<Mutex<dyn devices::BusDevice>>, base, len| {
             bus.insert(dev, base, len).map_err(|e| dev_err("PCI", e))
         };
-        insert(
-            pio,
-            Arc::new(Mutex::new(PciConfigIo::new(root.clone()))),
-            PCI_CONFIG_PORT,
-            PCI_CONFIG_PORT_LEN,
-        )?;
+        if let Some((port, len)) = self.layout.config_ports {
+            insert(
+                pio,
+                Arc::new(Mutex::new(PciConfigIo::new(root.clone()))),
+                port,
+                len,
+            )?;
+        }
+        let (ecam, ecam_len) = self.layout.ecam;
         insert(
             mmio,
             Arc::new(Mutex::new(PciConfigMmio::new(root.clone()))),
-            PCI_ECAM_START,
-            PCI_ECAM_SIZE,
+            ecam,
+            ecam_len,
         )?;
-        for (base, len) in [(PCI_MMIO32_START, PCI_MMIO32_SIZE), self.mmio64] {
+        for (base, len) in [self.layout.mmio32, self.layout.mmio64] {
             insert(
                 mmio,
                 Arc::new(Mutex::new(PciMmio::new(root.clone(), base))),

@@ -6,8 +6,6 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arch::x86_64::boot::BootSource;
-use arch::x86_64::layout::{ram_ranges, MIN_MEMORY};
 use arch::MIB;
 use hypervisor::{HypervisorKind, Kicker, SystemEvent};
 
@@ -17,6 +15,7 @@ use devices::virtio::rng::Rng;
 
 use crate::cli::{ConsoleChoice, HypervisorChoice, RunArgs, SerialDest};
 use crate::error::{Error, Result};
+use crate::platform::{GuestFiles, MAX_CPUS, MIN_MEMORY};
 use crate::{console, memory, pci, platform, vcpu};
 
 /// What the control loop hears about.
@@ -37,8 +36,6 @@ pub enum Outcome {
     Signal(i32),
 }
 
-/// x86 APIC ids are 8 bits without x2APIC in the MADT.
-const MAX_CPUS: u32 = 255;
 /// How long the control loop waits for vCPU threads to leave the guest before giving up.
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -112,40 +109,37 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
             backend: hv.kind().to_string(),
         });
     }
-    let cpuid = hv.supported_cpuid()?;
     let vm = hv.create_vm()?;
     lap("VM created");
-    let mem = memory::create(mem_size, &ram_ranges(mem_size))?;
+    let mem = memory::create(mem_size, &platform::ram_ranges(mem_size))?;
     memory::register(&*vm, &mem)?;
-    let irqchip = vm.create_irq_chip(&Default::default())?;
-    lap("memory and interrupt controller ready");
+    // The interrupt controller comes first and is finalised once every vCPU exists (the GIC
+    // sizes itself by them); irqfds can be registered only after that.
+    let irqchip = vm.create_irq_chip(&platform::irq_chip_config(args.cpus))?;
+    let mut vcpus = Vec::with_capacity(args.cpus as usize);
+    for id in 0..args.cpus {
+        vcpus.push(vm.create_vcpu(id)?);
+    }
+    irqchip.finalize()?;
+    lap("memory, interrupt controller and vCPUs ready");
 
-    let rsdp = arch::x86_64::acpi::write_tables(&mem, args.cpus, mem_size)?;
     let kernel_name = args.kernel.display().to_string();
-    let boot = arch::x86_64::load_kernel(
+    let boot = platform::load_guest(
+        &*hv,
         &mem,
         mem_size,
-        BootSource {
+        args.cpus,
+        GuestFiles {
             kernel: &mut kernel,
             kernel_name: &kernel_name,
             initrd: initrd.as_mut(),
             cmdline: &args.cmdline,
-            acpi_rsdp: Some(rsdp),
         },
     )?;
-    arch::x86_64::vcpu::write_descriptor_tables(&mem)?;
-    arch::x86_64::vcpu::write_reset_vector(&mem)?;
     lap("kernel loaded");
-    log::debug!(
-        "{:?} kernel, {:?} entry at {:#x}, initrd {:x?}",
-        boot.image,
-        boot.protocol,
-        boot.entry,
-        boot.initrd
-    );
 
     let (events_tx, events_rx) = mpsc::channel();
-    let mut platform = platform::build(
+    let mut platform = platform::build_devices(
         &*irqchip,
         serial_out,
         args.boot_timer,
@@ -153,7 +147,8 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
         events_tx.clone(),
     )?;
 
-    let mut pci = pci::PciBuilder::new(&*vm, irqchip.clone(), mem.clone(), mem_size)?;
+    let pci_layout = platform::pci_layout(mem_size, &*irqchip);
+    let mut pci = pci::PciBuilder::new(&*vm, irqchip.clone(), mem.clone(), pci_layout)?;
     for (i, (image, spec)) in disks.into_iter().zip(&args.disks).enumerate() {
         let dev = Block::new(image, spec.read_only, spec.id.clone());
         pci.add_virtio(&format!("virtio-blk{i}"), Box::new(dev))?;
@@ -186,12 +181,7 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
 
     hypervisor::install_kick_handler()?;
     install_signal_handlers();
-    let mut vcpus = Vec::with_capacity(args.cpus as usize);
-    for id in 0..args.cpus {
-        let vcpu = vm.create_vcpu(id)?;
-        arch::x86_64::configure_vcpu(&*vcpu, &mem, &boot, &cpuid, args.cpus)?;
-        vcpus.push(vcpu);
-    }
+    platform::configure_vcpus(&vcpus, &mem, &boot, &*irqchip)?;
     lap("vCPUs configured");
 
     let terminal = console::RawTerminal::enter();

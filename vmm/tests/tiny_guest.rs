@@ -2,6 +2,8 @@
 //! Linux kernel, so they run on any KVM (this machine's PVM included); without /dev/kvm they
 //! say so and pass, and the end-to-end suite (tests/) covers the real guests.
 
+#![cfg(target_arch = "x86_64")] // the tiny guests are x86_64 machine code
+
 mod common;
 
 use common::kvm_usable;

@@ -1,0 +1,66 @@
+#!/bin/bash
+# Cross-builds berth for aarch64-unknown-linux-gnu with Debian's Rust toolchain (rustc-web, the
+# aarch64 std from libstd-rust-web-dev:arm64, the aarch64 GNU linker), as a static binary that
+# runs in a bare initramfs. rustup cannot add targets here; Debian's toolchain can.
+#
+# Usage: scripts/build-aarch64.sh [build|check|clippy|test]
+#   build   release build of the berth binary (default); prints its path
+#   check   cargo check of the whole workspace for aarch64
+#   clippy  clippy on every target of the workspace for aarch64, warnings denied
+#           (Debian's rust-web-clippy, matching rustc-web)
+#   test    the unit tests of hypervisor, arch and devices, built for aarch64 and run under
+#           qemu-user (qemu-aarch64-static); tests that need /dev/kvm are not among them
+# Output goes to target/aarch64 (CARGO_TARGET_DIR overrides), apart from the x86_64 build.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+MODE=${1:-build}
+TARGET=aarch64-unknown-linux-gnu
+
+ensure_packages() {
+    local pkgs=(rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu
+                libc6-dev-arm64-cross)
+    [ "$MODE" = clippy ] && pkgs+=(rust-web-clippy)
+    [ "$MODE" = test ] && pkgs+=(qemu-user-static device-tree-compiler)
+    local missing=()
+    for p in "${pkgs[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return
+    echo "build-aarch64: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+ensure_packages
+cd "$ROOT"
+# Debian's cargo and rustc (and cargo-clippy / clippy-driver) first in PATH: rustup's rustc has
+# no aarch64 std here.
+export PATH=/usr/bin:$PATH
+export RUSTC=/usr/bin/rustc
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/aarch64}
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static"
+CARGO=/usr/bin/cargo
+
+case "$MODE" in
+build)
+    $CARGO build --release --target $TARGET -p berth
+    echo "$CARGO_TARGET_DIR/$TARGET/release/berth"
+    ;;
+check)
+    $CARGO check --workspace --all-targets --target $TARGET
+    ;;
+clippy)
+    $CARGO clippy --workspace --all-targets --target $TARGET -- -D warnings
+    ;;
+test)
+    export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER=qemu-aarch64-static
+    $CARGO test --target $TARGET -p hypervisor -p arch -p devices
+    ;;
+*)
+    echo "usage: $0 [build|check|clippy|test]" >&2
+    exit 2
+    ;;
+esac
