@@ -1,6 +1,6 @@
 //! The device tree the aarch64 kernel boots with (built with vm-fdt): CPUs started through PSCI,
 //! memory, chosen (command line, initrd, console), the GIC, the architected timer, the UART,
-//! the RTC and the PCI host bridge with its INTx map and MSI parent.
+//! the RTC and the PCI host bridge with its INTx map and MSI map.
 
 use hypervisor::aarch64::{GicVersion, GIC_DIST_SIZE, GIC_V2_CPU_SIZE, GIC_V3_ITS_SIZE};
 use vm_fdt::{FdtWriter, FdtWriterResult};
@@ -260,7 +260,8 @@ fn pci(fdt: &mut FdtWriter, cfg: &FdtConfig<'_>) -> FdtWriterResult<()> {
     fdt.property_array_u32("ranges", &ranges)?;
     fdt.property_null("dma-coherent")?;
     if cfg.gic == (GicVersion::V3 { its: true }) {
-        fdt.property_u32("msi-parent", PHANDLE_ITS)?;
+        // Every requester id maps to the same ITS device id (the ITS has #msi-cells = 1).
+        fdt.property_array_u32("msi-map", &[0, PHANDLE_ITS, 0, 0x1_0000])?;
     }
     // Legacy INTx: pin p (1..=4) of slot s raises SPI PCI_INTX_SPI + (s + p - 1) % 4, the
     // standard swizzle, which repeats every four slots.

@@ -73,7 +73,7 @@ fn gic_v3_tree_has_the_expected_nodes() {
         "compatible = \"ns16550a\";",
         "compatible = \"arm,pl031\\0arm,primecell\";",
         "compatible = \"pci-host-ecam-generic\";",
-        "msi-parent = <0x02>;",
+        "msi-map = <0x00 0x02 0x00 0x10000>;",
         "interrupt-map-mask = <0x1800 0x00 0x00 0x07>;",
     ] {
         assert!(s.contains(want), "missing {want:?} in\n{s}");
@@ -87,7 +87,7 @@ fn gic_v2_tree_has_no_msi_and_cpu_masked_ppis() {
     let blob = create_fdt(&config(GicVersion::V2)).unwrap();
     let Some(s) = dts(&blob) else { return };
     assert!(s.contains("compatible = \"arm,cortex-a15-gic\";"));
-    assert!(!s.contains("msi-parent"));
+    assert!(!s.contains("msi-map"));
     assert!(!s.contains("gic-v3-its"));
     // Timer PPIs wired to CPUs 0 and 1, level low.
     assert!(
