@@ -130,6 +130,14 @@ impl<'a> PciBuilder<'a> {
 
     /// Puts `device` on the bus as a virtio-pci function named `name`.
     pub fn add_virtio(&mut self, name: &str, device: Box<dyn VirtioDevice>) -> Result<()> {
+        if !self.layout.msi {
+            // Without MSIs the driver would wait forever: the transport has no INTx yet.
+            return Err(dev_err(
+                name,
+                "needs MSIs, which this interrupt controller cannot deliver (a GICv2, or a \
+                 GICv3 without an ITS); virtio-pci has no INTx fallback yet",
+            ));
+        }
         // The requester id of bus 0, function 0 of the slot the device will get.
         let slot = self
             .root

@@ -35,12 +35,14 @@ pub fn irq_chip_config(cpus: u32) -> IrqChipConfig {
 }
 
 pub fn pci_layout(mem_size: u64, irqchip: &dyn IrqChip) -> PciLayout {
+    let its = irqchip.gic_version() == (GicVersion::V3 { its: true });
     PciLayout {
         ecam: (PCI_ECAM_START, PCI_ECAM_SIZE),
         config_ports: None,
         mmio32: (PCI_MMIO32_START, PCI_MMIO32_SIZE),
         mmio64: pci_mmio64(mem_size),
-        msi_devid: irqchip.gic_version() == (GicVersion::V3 { its: true }),
+        msi: its,
+        msi_devid: its,
     }
 }
 

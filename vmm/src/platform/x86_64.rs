@@ -65,6 +65,7 @@ pub fn pci_layout(mem_size: u64, _irqchip: &dyn IrqChip) -> PciLayout {
         config_ports: Some((PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN)),
         mmio32: (PCI_MMIO32_START, PCI_MMIO32_SIZE),
         mmio64: pci_mmio64(mem_size),
+        msi: true,
         msi_devid: false,
     }
 }
