@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use arch::x86_64::acpi::pci_intx_gsi;
 use arch::x86_64::layout::{
     pci_mmio64, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO32_SIZE, PCI_MMIO32_START,
 };
 use arch::GuestMemory;
 use devices::bus::lock;
-use devices::pci::{MsiMessage, MsiVector, PciConfigIo, PciConfigMmio, PciMmio, PciRoot};
+use devices::pci::{IntxLine, MsiMessage, MsiVector, PciConfigIo, PciConfigMmio, PciMmio, PciRoot};
 use devices::virtio::pci::{VirtioPci, BAR_SIZE};
 use devices::virtio::VirtioDevice;
 use devices::{Bus, EventFd};
@@ -73,6 +74,20 @@ impl MsiVector for Vector {
     }
 }
 
+/// An INTx pin: a level on an IOAPIC input.
+struct Intx {
+    irqchip: Arc<dyn IrqChip>,
+    gsi: u32,
+}
+
+impl IntxLine for Intx {
+    fn set_level(&self, high: bool) {
+        if let Err(e) = self.irqchip.set_irq_line(self.gsi, high) {
+            devices::log_limited!(log::Level::Error, "INTx GSI {}: {e}", self.gsi);
+        }
+    }
+}
+
 /// Builds bus 0 and its devices; [`PciBuilder::attach`] puts it on the VM's buses.
 pub struct PciBuilder<'a> {
     vm: &'a dyn Vm,
@@ -83,6 +98,8 @@ pub struct PciBuilder<'a> {
     bars: AddressAllocator,
     routes: Arc<MsiRoutes>,
     next_gsi: u32,
+    /// The slot the root gives the next device (it fills slots in order after the bridge).
+    next_slot: u8,
     spawner: Arc<ThreadSpawner>,
 }
 
@@ -103,6 +120,7 @@ impl<'a> PciBuilder<'a> {
         Ok(PciBuilder {
             vm,
             next_gsi: irqchip.pin_count(),
+            next_slot: 1,
             routes: Arc::new(MsiRoutes {
                 irqchip: irqchip.clone(),
                 table: Mutex::new(BTreeMap::new()),
@@ -140,12 +158,17 @@ impl<'a> PciBuilder<'a> {
             .allocate(BAR_SIZE, BAR_SIZE, AllocPolicy::FirstMatch)
             .map_err(|e| dev_err(name, format!("no room for its BAR: {e:?}")))?
             .start();
+        let intx: Arc<dyn IntxLine> = Arc::new(Intx {
+            irqchip: self.irqchip.clone(),
+            gsi: pci_intx_gsi(self.next_slot),
+        });
         let dev = VirtioPci::new(
             name.to_string(),
             device,
             self.mem.clone(),
             bar,
             vectors,
+            Some(intx),
             self.spawner.clone(),
         )
         .map_err(|e| dev_err(name, e))?;
@@ -157,6 +180,10 @@ impl<'a> PciBuilder<'a> {
             .root
             .add_device(Arc::new(Mutex::new(dev)))
             .map_err(|e| dev_err(name, e))?;
+        if slot != self.next_slot {
+            return Err(dev_err(name, "PCI slot out of order; INTx routing would be wrong"));
+        }
+        self.next_slot += 1;
         log::debug!("{name}: PCI 00:{slot:02x}.0, BAR0 at {bar:#x}");
         Ok(())
     }
