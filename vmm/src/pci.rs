@@ -181,7 +181,10 @@ impl<'a> PciBuilder<'a> {
             .add_device(Arc::new(Mutex::new(dev)))
             .map_err(|e| dev_err(name, e))?;
         if slot != self.next_slot {
-            return Err(dev_err(name, "PCI slot out of order; INTx routing would be wrong"));
+            return Err(dev_err(
+                name,
+                "PCI slot out of order; INTx routing would be wrong",
+            ));
         }
         self.next_slot += 1;
         log::debug!("{name}: PCI 00:{slot:02x}.0, BAR0 at {bar:#x}");

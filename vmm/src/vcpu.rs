@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use devices::{log_limited, Bus};
-use hypervisor::{Kicker, Vcpu, VcpuExit};
+use hypervisor::{Kicker, SystemEvent, Vcpu, VcpuExit};
 
 use crate::vm::VmEvent;
 
@@ -33,6 +33,10 @@ pub fn run(mut vcpu: Box<dyn Vcpu>, ctx: VcpuContext, kicker_tx: Sender<(u32, Ki
     }
     while !ctx.stop.load(Ordering::Acquire) {
         let event = match vcpu.run() {
+            Ok(VcpuExit::Shutdown) => {
+                log_shutdown(&*vcpu);
+                VmEvent::System(SystemEvent::Reset)
+            }
             Ok(exit) => match handle_exit(id, exit, &ctx) {
                 Some(ev) => ev,
                 None => continue,
@@ -44,6 +48,23 @@ pub fn run(mut vcpu: Box<dyn Vcpu>, ctx: VcpuContext, kicker_tx: Sender<(u32, Ki
         };
         let _ = ctx.events.send(event);
         return;
+    }
+}
+
+/// A triple fault resets the guest like a requested reset; the state says why, for debugging.
+fn log_shutdown(vcpu: &dyn Vcpu) {
+    match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(r), Ok(s)) => log::debug!(
+            "vCPU {} shut down (triple fault): rip {:#x} rsp {:#x} cs {:#x}/{:#x} cr0 {:#x} cr3 {:#x}",
+            vcpu.id(),
+            r.rip,
+            r.rsp,
+            s.cs.selector,
+            s.cs.base,
+            s.cr0,
+            s.cr3
+        ),
+        _ => log::debug!("vCPU {} shut down (triple fault)", vcpu.id()),
     }
 }
 
@@ -93,6 +114,7 @@ fn handle_exit(cpu: u32, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Option<VmEven
         // reports one, running again waits in the hypervisor for the next interrupt.
         VcpuExit::Halt | VcpuExit::Interrupted => {}
         VcpuExit::System(ev) => return Some(VmEvent::System(ev)),
+        VcpuExit::Shutdown => return Some(VmEvent::System(SystemEvent::Reset)),
         VcpuExit::InternalError { code } => {
             return Some(VmEvent::VcpuFailed {
                 cpu,
