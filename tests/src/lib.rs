@@ -56,6 +56,7 @@
 
 pub mod assets;
 pub mod cpio;
+pub mod ext4;
 pub mod guest;
 pub mod host;
 mod process;
