@@ -156,6 +156,7 @@ for d in /sys/bus/pci/devices/*; do echo "pci-dev: ${d##*/} $(cat $d/vendor) $(c
 echo "pci-fatal: $(dmesg | grep -c 'PCI: Fatal')"
 echo "acpi-error: $(dmesg | grep -c 'ACPI Error')"
 dmesg | grep -E 'PCI: Fatal|ACPI Error'
+true
 "#;
     let Some(out) = GuestRun::new(Kernel::BzImage)
         .args(["--memory", "512", "--rng"])
