@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 pub use error::{Error, Result};
 pub use exit::{SystemEvent, VcpuExit};
-pub use irq::{IoEventAddress, IrqChip};
+pub use irq::{IoEventAddress, IrqChip, IrqRoute, MsiMessage};
 pub use vmm_sys_util::eventfd::EventFd;
 
 use arch::{HypervisorArch, VcpuArch, VmArch};

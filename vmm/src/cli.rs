@@ -50,9 +50,22 @@ pub struct RunArgs {
     #[arg(long, value_name = "MiB", default_value_t = 512)]
     pub memory: u64,
 
-    /// Where the serial console (COM1) goes: stdio, file=PATH or none.
-    #[arg(long, value_name = "DEST", default_value = "stdio", value_parser = parse_serial)]
-    pub serial: SerialDest,
+    /// Where the serial console (COM1) goes: stdio, file=PATH or none [default: stdio, or
+    /// none with --console virtio].
+    #[arg(long, value_name = "DEST", value_parser = parse_serial)]
+    pub serial: Option<SerialDest>,
+
+    /// Which device gets berth's stdin and stdout: the UART (ttyS0) or a virtio console (hvc0).
+    #[arg(long, value_enum, default_value_t = ConsoleChoice::Serial)]
+    pub console: ConsoleChoice,
+
+    /// A virtio-blk disk: path=PATH[,readonly=on][,id=NAME]; repeat for more (vda, vdb, ...).
+    #[arg(long = "disk", value_name = "SPEC", value_parser = parse_disk)]
+    pub disks: Vec<DiskSpec>,
+
+    /// A virtio-rng device fed from the host's getrandom.
+    #[arg(long)]
+    pub rng: bool,
 
     /// Log the time from berth's start until the guest writes 123 to the boot-timer address.
     #[arg(long)]
@@ -61,6 +74,64 @@ pub struct RunArgs {
     /// Hypervisor backend.
     #[arg(long, value_enum, default_value_t = HypervisorChoice::Auto)]
     pub hypervisor: HypervisorChoice,
+}
+
+impl RunArgs {
+    /// The serial destination, defaulting by console choice.
+    pub fn serial_dest(&self) -> SerialDest {
+        match (&self.serial, self.console) {
+            (Some(s), _) => s.clone(),
+            (None, ConsoleChoice::Serial) => SerialDest::Stdio,
+            (None, ConsoleChoice::Virtio) => SerialDest::None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ConsoleChoice {
+    /// The 16550 UART (guest console=ttyS0).
+    Serial,
+    /// A virtio console (guest console=hvc0).
+    Virtio,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    pub read_only: bool,
+    pub id: Option<String>,
+}
+
+/// Longest serial a virtio-blk device reports (VIRTIO_BLK_ID_BYTES).
+const DISK_ID_MAX: usize = 20;
+
+fn parse_disk(s: &str) -> Result<DiskSpec, String> {
+    let mut path = None;
+    let mut read_only = false;
+    let mut id = None;
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("path", p)) if !p.is_empty() => path = Some(PathBuf::from(p)),
+            Some(("readonly", "on" | "true")) => read_only = true,
+            Some(("readonly", "off" | "false")) => read_only = false,
+            Some(("id", v)) if !v.is_empty() && v.len() <= DISK_ID_MAX && v.is_ascii() => {
+                id = Some(v.to_string())
+            }
+            Some(("id", _)) => {
+                return Err(format!("id must be 1 to {DISK_ID_MAX} ASCII characters"))
+            }
+            _ => {
+                return Err(format!(
+                    "unknown part {part:?}: expected path=PATH[,readonly=on][,id=NAME]"
+                ))
+            }
+        }
+    }
+    Ok(DiskSpec {
+        path: path.ok_or("missing path=PATH")?,
+        read_only,
+        id,
+    })
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,7 +189,7 @@ mod tests {
         let Command::Run(r) = cli.command;
         assert_eq!(r.cpus, 2);
         assert_eq!(r.memory, 256);
-        assert_eq!(r.serial, SerialDest::File("/tmp/x".into()));
+        assert_eq!(r.serial_dest(), SerialDest::File("/tmp/x".into()));
         assert!(r.boot_timer);
         assert_eq!(r.hypervisor, HypervisorChoice::Kvm);
         assert_eq!(cli.log_level, Some(log::LevelFilter::Debug));
@@ -130,10 +201,61 @@ mod tests {
         let Command::Run(r) = cli.command;
         assert_eq!((r.cpus, r.memory), (1, 512));
         assert_eq!(r.cmdline, DEFAULT_CMDLINE);
-        assert_eq!(r.serial, SerialDest::Stdio);
+        assert_eq!(r.serial_dest(), SerialDest::Stdio);
+        assert!(r.disks.is_empty() && !r.rng);
         assert!(
             Cli::try_parse_from(["berth", "run", "--kernel", "k", "--serial", "file="]).is_err()
         );
         assert!(Cli::try_parse_from(["berth", "run", "--kernel", "k", "--serial", "tty"]).is_err());
+    }
+
+    #[test]
+    fn disks_rng_and_virtio_console() {
+        let cli = Cli::try_parse_from([
+            "berth",
+            "run",
+            "--kernel",
+            "k",
+            "--disk",
+            "path=/a.img",
+            "--disk",
+            "path=/b.img,readonly=on,id=data",
+            "--rng",
+            "--console",
+            "virtio",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command;
+        assert_eq!(
+            r.disks,
+            vec![
+                DiskSpec {
+                    path: "/a.img".into(),
+                    read_only: false,
+                    id: None
+                },
+                DiskSpec {
+                    path: "/b.img".into(),
+                    read_only: true,
+                    id: Some("data".into())
+                }
+            ]
+        );
+        assert!(r.rng);
+        assert_eq!(
+            r.serial_dest(),
+            SerialDest::None,
+            "the UART is silent by default"
+        );
+        for bad in [
+            "readonly=on",
+            "path=",
+            "path=/a,ro",
+            "path=/a,id=",
+            "path=/a,readonly=yes",
+        ] {
+            assert!(parse_disk(bad).is_err(), "{bad}");
+        }
+        assert!(parse_disk(&format!("path=/a,id={}", "x".repeat(21))).is_err());
     }
 }

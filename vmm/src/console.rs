@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, FromRawFd};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
@@ -78,17 +78,58 @@ pub fn restore_terminal() {
     }
 }
 
+/// A pipe (read end, write end), both close-on-exec.
+pub fn pipe() -> std::io::Result<(File, File)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two-element array; the result is checked.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned by nothing else.
+    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
+}
+
 /// An unbuffered writer on a duplicate of stdout, so every guest byte shows at once.
 pub fn stdout_writer() -> std::io::Result<Box<dyn Write + Send>> {
     let fd = std::io::stdout().as_fd().try_clone_to_owned()?;
     Ok(Box::new(File::from(fd)))
 }
 
-/// Feeds stdin to the UART, waiting for the guest to drain the FIFO when it is full.
+/// Where console input goes.
+pub enum ConsoleInput {
+    /// The UART; `drained` fires when the guest empties its receive FIFO.
+    Serial {
+        serial: Arc<Mutex<Serial>>,
+        drained: EventFd,
+    },
+    /// A pipe read by the virtio console's worker (a full pipe blocks: flow control).
+    Pipe(File),
+}
+
+impl ConsoleInput {
+    /// Delivers all of `input`, waiting for room; false when the guest side is gone.
+    fn deliver(&mut self, input: &[u8]) -> bool {
+        match self {
+            ConsoleInput::Serial { serial, drained } => {
+                let mut rest = input;
+                while !rest.is_empty() {
+                    let k = devices::bus::lock(serial).enqueue_input(rest);
+                    rest = &rest[k..];
+                    if !rest.is_empty() && drained.read().is_err() {
+                        return false;
+                    }
+                }
+                true
+            }
+            ConsoleInput::Pipe(p) => p.write_all(input).is_ok(),
+        }
+    }
+}
+
+/// Feeds stdin to the console device, waiting when the guest is not reading.
 /// With `escape`, Ctrl-A x quits berth and Ctrl-A Ctrl-A sends one Ctrl-A.
 pub fn spawn_stdin_feeder(
-    serial: Arc<Mutex<Serial>>,
-    drained: EventFd,
+    mut target: ConsoleInput,
     events: Sender<VmEvent>,
     escape: bool,
 ) -> std::io::Result<()> {
@@ -127,13 +168,8 @@ pub fn spawn_stdin_feeder(
                         input.push(b);
                     }
                 }
-                let mut rest = &input[..];
-                while !rest.is_empty() {
-                    let k = devices::bus::lock(&serial).enqueue_input(rest);
-                    rest = &rest[k..];
-                    if !rest.is_empty() && drained.read().is_err() {
-                        return;
-                    }
+                if !target.deliver(&input) {
+                    return;
                 }
             }
         })

@@ -38,6 +38,8 @@ pub enum Error {
     Hypervisor(#[from] hypervisor::Error),
     #[error(transparent)]
     Boot(#[from] arch::Error),
+    #[error(transparent)]
+    Disk(devices::virtio::blk::BlockError),
     #[error("device setup: {0}")]
     Device(String),
     #[error("starting vCPU thread {cpu}: {source}")]

@@ -4,9 +4,11 @@ mod cli;
 mod console;
 mod error;
 mod memory;
+mod pci;
 mod platform;
 mod vcpu;
 mod vm;
+mod worker;
 
 use std::io::Write;
 use std::process::ExitCode;

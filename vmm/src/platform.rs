@@ -23,10 +23,11 @@ const I8042_PORT: u64 = 0x60;
 const I8042_IRQ: u32 = 1;
 const CMOS_PORT: u64 = 0x70;
 
-/// The buses vCPU exits dispatch to, and the console the VMM feeds.
+/// The buses vCPU exits dispatch to (still open for more devices), and the console the VMM
+/// feeds.
 pub struct Platform {
-    pub pio: Arc<Bus>,
-    pub mmio: Arc<Bus>,
+    pub pio: Bus,
+    pub mmio: Bus,
     pub serial: Arc<Mutex<Serial>>,
     /// Signalled when the guest drains the UART's receive FIFO.
     pub serial_drained: EventFd,
@@ -123,8 +124,8 @@ pub fn build(
     }
 
     Ok(Platform {
-        pio: Arc::new(pio),
-        mmio: Arc::new(mmio),
+        pio,
+        mmio,
         serial,
         serial_drained: drained,
     })

@@ -11,9 +11,13 @@ use arch::x86_64::layout::{ram_ranges, MIN_MEMORY};
 use arch::MIB;
 use hypervisor::{HypervisorKind, Kicker, SystemEvent};
 
-use crate::cli::{HypervisorChoice, RunArgs, SerialDest};
+use devices::virtio::blk::{self, Block, DiskImage};
+use devices::virtio::console::Console;
+use devices::virtio::rng::Rng;
+
+use crate::cli::{ConsoleChoice, HypervisorChoice, RunArgs, SerialDest};
 use crate::error::{Error, Result};
-use crate::{console, memory, platform, vcpu};
+use crate::{console, memory, pci, platform, vcpu};
 
 /// What the control loop hears about.
 #[derive(Clone, Debug)]
@@ -77,7 +81,13 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
         })?),
         None => None,
     };
-    let serial_out = match &args.serial {
+    // Disks are opened (and locked) before anything else can fail late.
+    let mut disks: Vec<DiskImage> = Vec::with_capacity(args.disks.len());
+    for d in &args.disks {
+        disks.push(blk::open_image(&d.path, d.read_only).map_err(Error::Disk)?);
+    }
+    let serial_dest = args.serial_dest();
+    let serial_out = match &serial_dest {
         SerialDest::Stdio => {
             console::stdout_writer().map_err(|e| Error::Device(format!("stdout: {e}")))?
         }
@@ -110,7 +120,7 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
     let irqchip = vm.create_irq_chip()?;
     lap("memory and interrupt controller ready");
 
-    let rsdp = arch::x86_64::acpi::write_tables(&mem, args.cpus)?;
+    let rsdp = arch::x86_64::acpi::write_tables(&mem, args.cpus, mem_size)?;
     let kernel_name = args.kernel.display().to_string();
     let boot = arch::x86_64::load_kernel(
         &mem,
@@ -135,13 +145,44 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
     );
 
     let (events_tx, events_rx) = mpsc::channel();
-    let platform = platform::build(
+    let mut platform = platform::build(
         &*irqchip,
         serial_out,
         args.boot_timer,
         start,
         events_tx.clone(),
     )?;
+
+    let mut pci = pci::PciBuilder::new(&*vm, irqchip.clone(), mem.clone(), mem_size)?;
+    for (i, (image, spec)) in disks.into_iter().zip(&args.disks).enumerate() {
+        let dev = Block::new(image, spec.read_only, spec.id.clone());
+        pci.add_virtio(&format!("virtio-blk{i}"), Box::new(dev))?;
+    }
+    if args.rng {
+        pci.add_virtio("virtio-rng", Box::new(Rng::new()))?;
+    }
+    let console_input = match args.console {
+        ConsoleChoice::Serial if serial_dest == SerialDest::Stdio => {
+            Some(console::ConsoleInput::Serial {
+                serial: platform.serial.clone(),
+                drained: platform.serial_drained,
+            })
+        }
+        ConsoleChoice::Serial => None,
+        ConsoleChoice::Virtio => {
+            let (rx, tx) = console::pipe().map_err(|e| Error::Device(format!("pipe: {e}")))?;
+            let out =
+                console::stdout_writer().map_err(|e| Error::Device(format!("stdout: {e}")))?;
+            let dev = Console::new(Some(rx.into()), out)
+                .map_err(|e| Error::Device(format!("virtio-console: {e}")))?;
+            pci.add_virtio("virtio-console", Box::new(dev))?;
+            Some(console::ConsoleInput::Pipe(tx))
+        }
+    };
+    pci.attach(&mut platform.pio, &mut platform.mmio)?;
+    let pio = Arc::new(platform.pio);
+    let mmio = Arc::new(platform.mmio);
+    lap("devices ready");
 
     hypervisor::install_kick_handler()?;
     install_signal_handlers();
@@ -154,14 +195,9 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
     lap("vCPUs configured");
 
     let terminal = console::RawTerminal::enter();
-    if args.serial == SerialDest::Stdio {
-        console::spawn_stdin_feeder(
-            platform.serial.clone(),
-            platform.serial_drained,
-            events_tx.clone(),
-            terminal.is_active(),
-        )
-        .map_err(|e| Error::Device(format!("stdin thread: {e}")))?;
+    if let Some(input) = console_input {
+        console::spawn_stdin_feeder(input, events_tx.clone(), terminal.is_active())
+            .map_err(|e| Error::Device(format!("stdin thread: {e}")))?;
     }
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -170,8 +206,8 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
     for vcpu in vcpus {
         let id = vcpu.id();
         let ctx = vcpu::VcpuContext {
-            pio: platform.pio.clone(),
-            mmio: platform.mmio.clone(),
+            pio: pio.clone(),
+            mmio: mmio.clone(),
             stop: stop.clone(),
             events: events_tx.clone(),
             start,

@@ -9,13 +9,17 @@
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::{aml, Aml};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::layout::{IOAPIC_START, LAPIC_START};
+use super::layout::{
+    pci_mmio64, IOAPIC_START, LAPIC_START, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO32_SIZE,
+    PCI_MMIO32_START,
+};
 use crate::{Error, GuestMemory, Result};
 
 /// Where the RSDP goes: inside the BIOS area Linux scans (0xE0000-0xFFFFF), reserved in e820.
@@ -99,9 +103,69 @@ fn pvpanic_device() -> Vec<u8> {
     ))
 }
 
-/// The DSDT: COM1, the CMOS RTC, pvpanic, and the S5 sleep state.
-fn dsdt() -> Sdt {
+/// The PCI host bridge: bus 0, config ports 0xCF8-0xCFF, and the two BAR windows.
+fn pci_host_bridge(mem_size: u64) -> Vec<u8> {
+    let (mmio64, mmio64_len) = pci_mmio64(mem_size);
+    let bus = aml::AddressSpace::<u16>::new_bus_number(0, 0);
+    let cfg_ports = aml::IO::new(0xcf8, 0xcf8, 1, 8);
+    let uncached = aml::AddressSpaceCacheable::NotCacheable;
+    let mmio32 = aml::AddressSpace::<u32>::new_memory(
+        uncached,
+        true,
+        PCI_MMIO32_START as u32,
+        (PCI_MMIO32_START + PCI_MMIO32_SIZE - 1) as u32,
+        None,
+    );
+    let mmio64 =
+        aml::AddressSpace::<u64>::new_memory(uncached, true, mmio64, mmio64 + mmio64_len - 1, None);
+    aml_bytes(&aml::Device::new(
+        "_SB_.PCI0".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08")),
+            &aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03")),
+            &aml::Name::new("_ADR".into(), &aml::ZERO),
+            &aml::Name::new("_SEG".into(), &aml::ZERO),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
+            &aml::Name::new("_BBN".into(), &aml::ZERO),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![&bus, &cfg_ports, &mmio32, &mmio64]),
+            ),
+        ],
+    ))
+}
+
+/// Reserves ECAM as a motherboard resource: Linux uses MMCONFIG only when it is reserved so.
+fn ecam_reservation() -> Vec<u8> {
+    aml_bytes(&aml::Device::new(
+        "_SB_.MBRD".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C02")),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![&aml::Memory32Fixed::new(
+                    true,
+                    PCI_ECAM_START as u32,
+                    PCI_ECAM_SIZE as u32,
+                )]),
+            ),
+        ],
+    ))
+}
+
+/// MCFG: ECAM for segment 0, bus 0 (the only bus).
+fn mcfg() -> Vec<u8> {
+    let mut t = MCFG::new(OEM_ID, table_id(b"MCFG"), OEM_REVISION);
+    t.add_ecam(PCI_ECAM_START, 0, 0, 0);
+    aml_bytes(&t)
+}
+
+/// The DSDT: COM1, the CMOS RTC, pvpanic, the PCI host bridge and the S5 sleep state.
+fn dsdt(mem_size: u64) -> Sdt {
     let mut t = sdt(b"DSDT", 6);
+    t.append_slice(&pci_host_bridge(mem_size));
+    t.append_slice(&ecam_reservation());
     t.append_slice(&isa_device("_SB_.COM1", "PNP0501", 0x3f8, 8, 4));
     t.append_slice(&isa_device("_SB_.RTC_", "PNP0B00", 0x70, 2, 8));
     t.append_slice(&pvpanic_device());
@@ -160,8 +224,9 @@ fn madt(cpus: u32) -> Sdt {
     t
 }
 
-/// Writes all tables at [`RSDP_START`]; returns the RSDP's address for the boot protocol.
-pub fn write_tables(mem: &GuestMemory, cpus: u32) -> Result<u64> {
+/// Writes all tables at [`RSDP_START`] for a guest of `cpus` vCPUs and `mem_size` bytes of RAM
+/// (which places the 64-bit PCI window); returns the RSDP's address for the boot protocol.
+pub fn write_tables(mem: &GuestMemory, cpus: u32, mem_size: u64) -> Result<u64> {
     let align = |a: u64| (a + 15) & !15;
     let mut next = align(RSDP_START + Rsdp::len() as u64);
     let mut place = |bytes: &[u8]| -> Result<u64> {
@@ -176,12 +241,14 @@ pub fn write_tables(mem: &GuestMemory, cpus: u32) -> Result<u64> {
         next = align(at + bytes.len() as u64);
         Ok(at)
     };
-    let dsdt_addr = place(dsdt().as_slice())?;
+    let dsdt_addr = place(dsdt(mem_size).as_slice())?;
     let fadt_addr = place(&fadt(dsdt_addr))?;
     let madt_addr = place(madt(cpus).as_slice())?;
+    let mcfg_addr = place(&mcfg())?;
     let mut xsdt = XSDT::new(OEM_ID, table_id(b"XSDT"), OEM_REVISION);
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
+    xsdt.add_entry(mcfg_addr);
     let xsdt_addr = place(&aml_bytes(&xsdt))?;
     mem.write_slice(
         &aml_bytes(&Rsdp::new(OEM_ID, xsdt_addr)),
@@ -247,16 +314,16 @@ mod tests {
     #[test]
     fn tables_chain_with_valid_checksums() {
         let m = mem();
-        assert_eq!(write_tables(&m, 4).unwrap(), RSDP_START);
+        assert_eq!(write_tables(&m, 4, 512 << 20).unwrap(), RSDP_START);
         let t = tables(&m);
         let sigs: Vec<&[u8]> = t.iter().map(|t| &t[..4]).collect();
-        assert_eq!(sigs, [b"FACP", b"APIC"]);
+        assert_eq!(sigs, [b"FACP", b"APIC", b"MCFG"]);
     }
 
     #[test]
     fn fadt_is_hardware_reduced_with_reset_and_sleep_registers() {
         let m = mem();
-        write_tables(&m, 1).unwrap();
+        write_tables(&m, 1, 512 << 20).unwrap();
         let fadt = &tables(&m)[0];
         assert_eq!(fadt[8], 6, "FADT revision");
         let flags = u32_at(fadt, 112);
@@ -271,7 +338,15 @@ mod tests {
         assert_eq!(u64_at(fadt, 260), u64::from(PM_PORT + PM_SLEEP_STATUS));
         let dsdt = table(&m, u64_at(fadt, 140), b"DSDT");
         let aml = &dsdt[36..];
-        for needle in [&b"_S5_"[..], b"COM1", b"RTC_", b"PEVT", b"QEMU0001"] {
+        for needle in [
+            &b"_S5_"[..],
+            b"COM1",
+            b"RTC_",
+            b"PEVT",
+            b"QEMU0001",
+            b"PCI0",
+            b"MBRD",
+        ] {
             assert!(
                 aml.windows(needle.len()).any(|w| w == needle),
                 "{needle:?} in DSDT"
@@ -282,7 +357,7 @@ mod tests {
     #[test]
     fn madt_lists_every_cpu_and_the_ioapic() {
         let m = mem();
-        write_tables(&m, 3).unwrap();
+        write_tables(&m, 3, 512 << 20).unwrap();
         let madt = &tables(&m)[1];
         assert_eq!(u32_at(madt, 36), LAPIC_START as u32);
         let mut off = 44;
@@ -324,7 +399,7 @@ mod iasl {
             return;
         }
         let m = GuestMemory::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
-        write_tables(&m, 4).unwrap();
+        write_tables(&m, 4, 512 << 20).unwrap();
         let dir = std::env::temp_dir().join(format!("berth-iasl-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut addr = (RSDP_START + Rsdp::len() as u64 + 15) & !15;
@@ -355,7 +430,7 @@ mod iasl {
             seen.push(sig);
             addr = (addr + len as u64 + 15) & !15;
         }
-        assert_eq!(seen, ["DSDT", "FACP", "APIC", "XSDT"]);
+        assert_eq!(seen, ["DSDT", "FACP", "APIC", "MCFG", "XSDT"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

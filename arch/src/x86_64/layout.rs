@@ -76,6 +76,18 @@ pub fn low_ram_end(size: u64) -> u64 {
     size.min(MMIO32_START)
 }
 
+/// Size of the 64-bit PCI BAR window.
+pub const PCI_MMIO64_SIZE: u64 = 64 << 30;
+
+/// The 64-bit PCI BAR window `(start, size)`: from the first 1 GiB boundary after the end of
+/// RAM (or 4 GiB). 64 GiB keeps it inside a 40-bit guest physical address space, the smallest
+/// common one, for guests of up to ~900 GiB.
+pub fn pci_mmio64(size: u64) -> (u64, u64) {
+    let ram_end = FOUR_GIB + size.saturating_sub(MMIO32_START);
+    let start = ram_end.div_ceil(1 << 30) * (1 << 30);
+    (start, PCI_MMIO64_SIZE)
+}
+
 /// The e820 RAM map for `size` bytes of guest memory: (start, size) of usable ranges.
 pub fn e820_ram(size: u64) -> Vec<(u64, u64)> {
     let mut map = vec![(0, EBDA_START)];
@@ -115,6 +127,15 @@ mod tests {
         assert_eq!(e.len(), 3);
         assert_eq!(e[1], (HIGH_RAM_START, MMIO32_START - HIGH_RAM_START));
         assert_eq!(e[2], (FOUR_GIB, size - MMIO32_START));
+    }
+
+    #[test]
+    fn the_64_bit_pci_window_follows_ram_on_a_gib_boundary() {
+        assert_eq!(pci_mmio64(512 << 20), (FOUR_GIB, PCI_MMIO64_SIZE));
+        let (start, _) = pci_mmio64(6 << 30);
+        assert_eq!(start, FOUR_GIB + (3 << 30));
+        let (start, _) = pci_mmio64((6 << 30) + 1);
+        assert_eq!(start, FOUR_GIB + (4 << 30));
     }
 
     #[test]

@@ -22,5 +22,4 @@ pub const X86_PROBED_PORTS: &[(u64, u64)] = &[
     (0x3c0, 0x20), // VGA
     (0x3e8, 0x8),  // COM3
     (0x3f0, 0x8),  // floppy controller
-    (0xcf8, 0x8),  // PCI configuration mechanism #1 (until the PCI root exists)
 ];

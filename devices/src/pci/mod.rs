@@ -2,6 +2,17 @@
 //! headers with BARs and capabilities, and MSI-X. Written against our own bus and the
 //! [`MsiVector`] trait, so no hypervisor name appears here.
 
+pub mod config;
+pub mod msix;
+pub mod root;
+
+pub use config::{
+    BarKind, ConfigWrite, PciConfig, PciConfigError, PciHeader, COMMAND_BUS_MASTER,
+    COMMAND_INTX_DISABLE, COMMAND_MEMORY,
+};
+pub use msix::{Msix, MsixCapability, MsixError};
+pub use root::{PciConfigIo, PciConfigMmio, PciMmio, PciRoot, PciRootError};
+
 /// A function on bus 0 of the root complex, as the root sees it.
 pub trait PciDevice: Send {
     /// Reads configuration dword `reg` (byte offset `reg * 4`, up to 4 KiB with ECAM).

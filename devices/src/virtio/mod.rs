@@ -3,6 +3,11 @@
 //! kick event fds, the [`VirtioInterrupt`] it was given and the files the device was built
 //! with, so the VMM may run it on a thread today and in a jailed process later.
 
+pub mod blk;
+pub mod console;
+pub mod pci;
+mod queue_util;
+pub mod rng;
 pub mod worker;
 
 use std::sync::Arc;
@@ -24,9 +29,8 @@ pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 
 /// Features every berth device offers on top of its own.
-pub const COMMON_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
-    | (1 << VIRTIO_RING_F_EVENT_IDX)
-    | (1 << VIRTIO_RING_F_INDIRECT_DESC);
+pub const COMMON_FEATURES: u64 =
+    (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX) | (1 << VIRTIO_RING_F_INDIRECT_DESC);
 
 #[derive(Debug, Error)]
 pub enum ActivateError {
@@ -78,4 +82,21 @@ pub trait VirtioDevice: Send {
 /// A device's data path: serves the queues until `stop` fires, then returns.
 pub trait VirtioWorker: Send {
     fn run(self: Box<Self>, stop: EventFd);
+}
+
+/// Starts workers where the VMM wants them (a thread today, a jailed process later).
+pub trait Spawner: Send + Sync {
+    /// Runs `worker` until `stop` fires; `name` names the thread or process.
+    fn spawn(
+        &self,
+        name: String,
+        worker: Box<dyn VirtioWorker>,
+        stop: EventFd,
+    ) -> std::io::Result<Box<dyn Running>>;
+}
+
+/// A started worker.
+pub trait Running: Send {
+    /// Waits until the worker has returned (after its stop fd fired).
+    fn join(self: Box<Self>);
 }

@@ -1,0 +1,419 @@
+//! Serving one split virtqueue, the same way in every worker: pop chains, hand each to the
+//! device, publish used entries, re-arm notifications without losing a kick, and interrupt
+//! the driver only when it asked to be interrupted.
+
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+
+use super::{ActivateError, Activation, GuestMemory, VirtioInterrupt, VIRTIO_RING_F_EVENT_IDX};
+use vm_memory::GuestAddress;
+
+use crate::log_limited;
+
+/// A chain as a worker sees it: borrowed guest memory, nothing else.
+pub type Chain<'a> = DescriptorChain<&'a GuestMemory>;
+
+/// Why [`serve`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// The driver has no more chains for now (or the ring is broken); notifications are on.
+    OutOfChains,
+    /// The device declined a chain, which stays at the head of the ring for a later call.
+    Declined,
+}
+
+/// Serves the available chains of queue `index`. `handle` returns the used length of a chain,
+/// or `None` to leave it (and all after it) in the ring.
+pub fn serve<F>(
+    mem: &GuestMemory,
+    queue: &mut Queue,
+    index: u16,
+    interrupt: &dyn VirtioInterrupt,
+    mut handle: F,
+) -> Served
+where
+    F: FnMut(Chain<'_>) -> Option<u32>,
+{
+    let mut added = false;
+    let served = loop {
+        if let Err(e) = queue.disable_notification(mem) {
+            log_limited!(log::Level::Warn, "virtio queue {index}: {e}");
+            break Served::OutOfChains;
+        }
+        let mut progressed = false;
+        let declined = loop {
+            // `iter` per chain rather than `pop_descriptor_chain`, whose errors go to an
+            // unlimited log line the guest could flood.
+            let chain = match queue.iter(mem) {
+                Ok(mut it) => it.next(),
+                Err(e) => {
+                    log_limited!(log::Level::Warn, "virtio queue {index}: {e}");
+                    None
+                }
+            };
+            let Some(chain) = chain else { break false };
+            let head = chain.head_index();
+            let Some(len) = handle(chain) else {
+                queue.go_to_previous_position();
+                break true;
+            };
+            progressed = true;
+            // Checked here because add_used reports a bad head through an unlimited log.
+            if head >= queue.size() {
+                log_limited!(
+                    log::Level::Warn,
+                    "virtio queue {index}: head {head} out of range"
+                );
+                continue;
+            }
+            match queue.add_used(mem, head, len) {
+                Ok(()) => added = true,
+                Err(e) => log_limited!(log::Level::Warn, "virtio queue {index}: used ring: {e}"),
+            }
+        };
+        if declined {
+            break Served::Declined;
+        }
+        match queue.enable_notification(mem) {
+            // The driver added chains while notifications were off: serve them too.
+            Ok(true) if progressed => continue,
+            // Chains are pending but none can be popped: a broken ring, not worth a spin.
+            Ok(true) => {
+                log_limited!(log::Level::Warn, "virtio queue {index}: unreadable chains");
+                break Served::OutOfChains;
+            }
+            Ok(false) => break Served::OutOfChains,
+            Err(e) => {
+                log_limited!(log::Level::Warn, "virtio queue {index}: {e}");
+                break Served::OutOfChains;
+            }
+        }
+    };
+    if added {
+        match queue.needs_notification(mem) {
+            Ok(true) => interrupt.signal_used(index),
+            Ok(false) => {}
+            // Unsure whether the driver wants it: a spurious interrupt is harmless.
+            Err(_) => interrupt.signal_used(index),
+        }
+    }
+    served
+}
+
+/// Checks that the driver set up exactly the `count` queues a device serves, inside guest
+/// memory, and applies the negotiated EVENT_IDX to them.
+pub fn prepare_queues(act: &mut Activation, count: usize) -> Result<(), ActivateError> {
+    if act.queues.len() != count || act.kicks.len() != count {
+        return Err(ActivateError::Device(format!(
+            "expected {count} queues and kicks, got {} and {}",
+            act.queues.len(),
+            act.kicks.len()
+        )));
+    }
+    let event_idx = act.features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+    for (i, q) in act.queues.iter_mut().enumerate() {
+        if !q.ready() {
+            return Err(ActivateError::QueueNotReady(i));
+        }
+        // Checked once here so the data path never reads rings outside guest memory.
+        if !rings_in_memory(q, &act.mem) {
+            return Err(ActivateError::Device(format!(
+                "queue {i} lies outside guest memory"
+            )));
+        }
+        q.set_event_idx(event_idx);
+    }
+    Ok(())
+}
+
+/// Queue::is_valid without its unlimited logging, which the guest could provoke at will.
+fn rings_in_memory(q: &Queue, mem: &GuestMemory) -> bool {
+    use vm_memory::{GuestMemory as _, Permissions};
+    let n = usize::from(q.size());
+    let fits = |addr: u64, len: usize, access| mem.check_range(GuestAddress(addr), len, access);
+    fits(q.desc_table(), 16 * n, Permissions::Read)
+        && fits(q.avail_ring(), 6 + 2 * n, Permissions::Read)
+        && fits(q.used_ring(), 6 + 8 * n, Permissions::Write)
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! Guest memory, a queue the test plays the driver of, and an interrupt double.
+
+    use std::sync::{Arc, Mutex};
+
+    use virtio_bindings::virtio_ring::{
+        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    };
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::QueueT;
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+
+    /// 16 MiB of guest memory from address 0; buffers go at 1 MiB and up.
+    pub fn memory() -> GuestMemory {
+        GuestMemory::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap()
+    }
+
+    /// A device-writable (`true`) or device-readable descriptor.
+    pub fn desc(addr: u64, len: u32, writable: bool) -> RawDescriptor {
+        let flags = if writable {
+            VRING_DESC_F_WRITE as u16
+        } else {
+            0
+        };
+        RawDescriptor::from(Descriptor::new(addr, len, flags, 0))
+    }
+
+    /// The driver side of one queue. MockSplitQueue writes descriptors and the avail ring,
+    /// but its used ring overlaps its avail ring (it sizes the avail ring in elements, not
+    /// bytes), so the used ring lives on a page of its own here.
+    pub struct TestQueue<'a> {
+        pub mock: MockSplitQueue<'a, GuestMemory>,
+        mem: &'a GuestMemory,
+        size: u16,
+        used: GuestAddress,
+    }
+
+    impl<'a> TestQueue<'a> {
+        /// Queue `n` (0, 1, ...) of a device: each gets its own 64 KiB of rings.
+        pub fn new(mem: &'a GuestMemory, n: u64, size: u16) -> Self {
+            let base = GuestAddress(n * 0x1_0000);
+            TestQueue {
+                mock: MockSplitQueue::create(mem, base, size),
+                mem,
+                size,
+                used: GuestAddress(base.0 + 0x8000),
+            }
+        }
+
+        /// The device's view, as the transport would hand it over.
+        pub fn queue(&self) -> Queue {
+            let mut q: Queue = self.mock.create_queue().unwrap();
+            q.set_used_ring_address(Some(self.used.0 as u32), Some(0));
+            q
+        }
+
+        /// Publishes `chain` (links filled in) at descriptor index `at`.
+        pub fn add(&self, at: u16, chain: &[RawDescriptor]) {
+            let n = chain.len() as u16;
+            let linked: Vec<RawDescriptor> = (0..n)
+                .map(|i| {
+                    let d = Descriptor::from(chain[usize::from(i)]);
+                    let (flags, next) = if i + 1 == n {
+                        (d.flags(), 0)
+                    } else {
+                        (d.flags() | VRING_DESC_F_NEXT as u16, at + i + 1)
+                    };
+                    RawDescriptor::from(Descriptor::new(d.addr().0, d.len(), flags, next))
+                })
+                .collect();
+            // Only the head enters the avail ring, because the links are set.
+            self.mock.add_desc_chains(&linked, at).unwrap();
+        }
+
+        /// Publishes a one-descriptor chain at `at` that points to an indirect table at
+        /// `table` holding `chain` (links filled in).
+        pub fn add_indirect(&self, at: u16, table: u64, chain: &[RawDescriptor]) {
+            let n = chain.len() as u16;
+            for i in 0..n {
+                let d = Descriptor::from(chain[usize::from(i)]);
+                let (flags, next) = if i + 1 == n {
+                    (d.flags(), 0)
+                } else {
+                    (d.flags() | VRING_DESC_F_NEXT as u16, i + 1)
+                };
+                let d = Descriptor::new(d.addr().0, d.len(), flags, next);
+                let addr = GuestAddress(table + 16 * u64::from(i));
+                self.mem.write_obj(RawDescriptor::from(d), addr).unwrap();
+            }
+            let head = Descriptor::new(table, 16 * u32::from(n), VRING_DESC_F_INDIRECT as u16, 0);
+            self.mock
+                .add_desc_chains(&[RawDescriptor::from(head)], at)
+                .unwrap();
+        }
+
+        /// Used ring entry `i` as (head, len).
+        pub fn used(&self, i: u16) -> (u32, u32) {
+            let at = self.used.0 + 4 + 8 * u64::from(i);
+            let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
+            let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
+            (id, len)
+        }
+
+        pub fn used_idx(&self) -> u16 {
+            self.mem.read_obj(GuestAddress(self.used.0 + 2)).unwrap()
+        }
+
+        /// EVENT_IDX: the driver wants an interrupt once used index passes `v`.
+        pub fn set_used_event(&self, v: u16) {
+            let at = self.mock.avail_addr().0 + 4 + 2 * u64::from(self.size);
+            self.mem.write_obj(v, GuestAddress(at)).unwrap();
+        }
+
+        /// EVENT_IDX: the device wants a kick once the avail index passes this.
+        pub fn avail_event(&self) -> u16 {
+            let at = self.used.0 + 4 + 8 * u64::from(self.size);
+            self.mem.read_obj(GuestAddress(at)).unwrap()
+        }
+
+        /// Without EVENT_IDX: whether the device asked not to be kicked.
+        pub fn no_notify(&self) -> bool {
+            let flags: u16 = self.mem.read_obj(self.used).unwrap();
+            flags & 1 != 0
+        }
+    }
+
+    /// Records used-buffer interrupts by queue.
+    #[derive(Default)]
+    pub struct CountingInterrupt {
+        used: Mutex<Vec<u16>>,
+    }
+
+    impl CountingInterrupt {
+        pub fn used_count(&self, queue: u16) -> usize {
+            self.used
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|q| **q == queue)
+                .count()
+        }
+    }
+
+    impl VirtioInterrupt for CountingInterrupt {
+        fn signal_used(&self, queue: u16) {
+            self.used.lock().unwrap().push(queue);
+        }
+        fn signal_config(&self) {}
+    }
+
+    pub fn interrupt() -> Arc<CountingInterrupt> {
+        Arc::new(CountingInterrupt::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::*;
+    use super::*;
+    use virtio_queue::QueueT;
+
+    #[test]
+    fn serves_each_chain_once_and_interrupts_once() {
+        let mem = memory();
+        let tq = TestQueue::new(&mem, 0, 16);
+        let mut q = tq.queue();
+        tq.add(0, &[desc(0x10_0000, 8, true)]);
+        tq.add(1, &[desc(0x10_1000, 8, true)]);
+        let irq = interrupt();
+        let mut seen = Vec::new();
+        let r = serve(&mem, &mut q, 0, &*irq, |c| {
+            seen.push(c.head_index());
+            Some(3)
+        });
+        assert_eq!(r, Served::OutOfChains);
+        assert_eq!(seen, [0, 1]);
+        assert_eq!(tq.used_idx(), 2);
+        assert_eq!(tq.used(1), (1, 3));
+        assert_eq!(irq.used_count(0), 1);
+        assert!(!tq.no_notify(), "kicks re-enabled once the ring is empty");
+    }
+
+    #[test]
+    fn a_declined_chain_stays_in_the_ring() {
+        let mem = memory();
+        let tq = TestQueue::new(&mem, 0, 16);
+        let mut q = tq.queue();
+        tq.add(0, &[desc(0x10_0000, 8, true)]);
+        let irq = interrupt();
+        assert_eq!(serve(&mem, &mut q, 0, &*irq, |_| None), Served::Declined);
+        assert_eq!(tq.used_idx(), 0);
+        assert_eq!(irq.used_count(0), 0);
+        let mut heads = Vec::new();
+        serve(&mem, &mut q, 0, &*irq, |c| {
+            heads.push(c.head_index());
+            Some(0)
+        });
+        assert_eq!(heads, [0]);
+    }
+
+    #[test]
+    fn a_wild_avail_index_is_refused_without_spinning() {
+        let mem = memory();
+        let tq = TestQueue::new(&mem, 0, 16);
+        let mut q = tq.queue();
+        tq.mock.avail().idx().store(1000); // more chains than the ring holds
+        let irq = interrupt();
+        let r = serve(&mem, &mut q, 0, &*irq, |_| panic!("no chain is valid"));
+        assert_eq!(r, Served::OutOfChains);
+        assert_eq!(irq.used_count(0), 0);
+    }
+
+    #[test]
+    fn a_head_index_out_of_range_is_skipped() {
+        let mem = memory();
+        let tq = TestQueue::new(&mem, 0, 16);
+        let mut q = tq.queue();
+        tq.add(0, &[desc(0x10_0000, 8, true)]);
+        tq.mock.avail().ring().ref_at(0).unwrap().store(500);
+        tq.add(1, &[desc(0x10_0000, 8, true)]);
+        let irq = interrupt();
+        let mut n = 0;
+        serve(&mem, &mut q, 0, &*irq, |_| {
+            n += 1;
+            Some(0)
+        });
+        assert_eq!(n, 2, "both heads handed over");
+        assert_eq!(tq.used_idx(), 1, "only the valid one used");
+        assert_eq!(tq.used(0), (1, 0));
+    }
+
+    #[test]
+    fn event_idx_interrupts_only_when_the_driver_asked() {
+        let mem = memory();
+        let tq = TestQueue::new(&mem, 0, 16);
+        let mut q = tq.queue();
+        q.set_event_idx(true);
+        // used_event = 1: interrupt once the second chain is used, not before.
+        tq.set_used_event(1);
+        let irq = interrupt();
+        tq.add(0, &[desc(0x10_0000, 8, true)]);
+        serve(&mem, &mut q, 0, &*irq, |_| Some(0));
+        assert_eq!(irq.used_count(0), 0);
+        tq.add(1, &[desc(0x10_0000, 8, true)]);
+        serve(&mem, &mut q, 0, &*irq, |_| Some(0));
+        assert_eq!(tq.used_idx(), 2);
+        assert_eq!(irq.used_count(0), 1);
+    }
+
+    #[test]
+    fn chains_added_while_serving_are_served_and_kicks_rearmed() {
+        for event_idx in [false, true] {
+            let mem = memory();
+            let tq = TestQueue::new(&mem, 0, 16);
+            let mut q = tq.queue();
+            q.set_event_idx(event_idx);
+            tq.add(0, &[desc(0x10_0000, 8, true)]);
+            let irq = interrupt();
+            let mut heads = Vec::new();
+            serve(&mem, &mut q, 0, &*irq, |c| {
+                if heads.is_empty() {
+                    // The driver races the device and, seeing no need to kick, does not.
+                    tq.add(1, &[desc(0x10_0000, 8, true)]);
+                }
+                heads.push(c.head_index());
+                Some(0)
+            });
+            assert_eq!(heads, [0, 1], "event_idx {event_idx}");
+            assert_eq!(tq.used_idx(), 2);
+            // The driver must kick for its next chain, index 2.
+            if event_idx {
+                assert_eq!(tq.avail_event(), 2);
+            } else {
+                assert!(!tq.no_notify());
+            }
+        }
+    }
+}
