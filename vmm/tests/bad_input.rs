@@ -221,7 +221,7 @@ fn missing_disk_image() {
         "--disk",
         "path=/nonexistent/disk.img",
     ]);
-    assert_one_line_error(&out, &["/nonexistent/disk.img", "No such file"]);
+    assert_one_line_error(&out, &["/nonexistent/disk.img", "does not exist"]);
 }
 
 /// Another VM has the image: this process holds it locked, as flock(LOCK_EX) and as an OFD
