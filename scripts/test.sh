@@ -29,9 +29,10 @@ if [ "${BERTH_E2E_MODE:-}" != skip ]; then
   have depmod || missing+=(kmod)
   have file || missing+=(file)
   have lz4 || missing+=(lz4)
-  # the virtio-blk tests build ext4 images (mkfs.ext4 -d) and check them (fsck.ext4 -n, debugfs)
-  { have mkfs.ext4 && have fsck.ext4 && have debugfs; } || missing+=(e2fsprogs)
 fi
+# ext4 images for the virtio-blk tests: mkfs.ext4 -d, fsck.ext4 -n, debugfs (the harness's unit
+# tests use them too, so also with BERTH_E2E_MODE=skip)
+{ have mkfs.ext4 && have fsck.ext4 && have debugfs; } || missing+=(e2fsprogs)
 have iasl || missing+=(acpica-tools) # arch's ACPI tests disassemble the tables with it
 if [ ${#missing[@]} -gt 0 ]; then
   command -v apt-get >/dev/null || { say "missing: ${missing[*]} (install them; this script knows apt only)"; exit 1; }
