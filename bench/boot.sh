@@ -2,7 +2,8 @@
 # Boot benchmark: berth against QEMU (-M microvm) on the same guest, in the same emulated host.
 #
 #   bench/boot.sh [RUNS]        (default 10 runs of each; prints a table, writes bench/results/)
-#   BENCH_PARTS="pairs scale rss" selects parts (default all three)
+#   BENCH_PARTS="pairs scale rss" selects parts (default all three; "smp" runs both VMMs with
+#   BENCH_SMP vCPUs, default 32)
 #
 # Everything runs inside one emulated x86_64 host with real KVM (QEMU TCG, -cpu max, kvm-amd; see
 # docs/testing.md), so absolute times are those of a slow emulated machine: compare ratios.
@@ -79,13 +80,13 @@ berth_run() { # tag cpus initrd
   echo "RESULT \$1 cpus=\$2 rc=\$(sed -n 's/^RC //p' /tmp/mark) launch=\$s end=\$e \$(grep MARK /tmp/mark) \$(grep -o 'first vCPU entry [0-9]*' /tmp/err | tr ' ' _) \$(grep -o 'guest boot time: [0-9]*' /tmp/err | tr -d ' :') \$(grep -o 'exiting [0-9]*' /tmp/err | tr ' ' _)"
   explain
 }
-qemu_run() {
+qemu_run() { # [cpus]
   s=\$(up)
-  { /bin/qemu-system-x86_64 -L /qemu -M microvm -accel kvm -cpu host -smp 1 -m 256 -nodefaults \
+  { /bin/qemu-system-x86_64 -L /qemu -M microvm -accel kvm -cpu host -smp \${1:-1} -m 256 -nodefaults \
     -no-user-config -nographic -no-reboot -serial stdio -kernel /guest/bzImage \
     -initrd /guest/plain.cpio.gz -append "\$CMD" </dev/null 2>/tmp/qerr; echo; echo "RC \$?"; } | stamp >/tmp/mark
   e=\$(up)
-  echo "RESULT qemu cpus=1 rc=\$(sed -n 's/^RC //p' /tmp/mark) launch=\$s end=\$e \$(grep MARK /tmp/mark)"
+  echo "RESULT qemu cpus=\${1:-1} rc=\$(sed -n 's/^RC //p' /tmp/mark) launch=\$s end=\$e \$(grep MARK /tmp/mark)"
   explain
 }
 rss() { # pid label: resident KiB outside guest RAM (the memfd for berth, the 256 MiB anon map for QEMU)
@@ -99,6 +100,9 @@ echo "BENCH-START runs=$RUNS"
 PARTS="${BENCH_PARTS:-pairs scale rss}"
 case "\$PARTS" in *pairs*) for i in \$(seq $RUNS); do berth_run berth 1 timer; qemu_run; done;; esac
 case "\$PARTS" in *scale*) for c in 1 4 16; do for i in \$(seq $(( (RUNS + 1) / 2 ))); do berth_run scale \$c timer; done; done;; esac
+# BENCH_PARTS=smp: both VMMs with BENCH_SMP vCPUs (default 32), to tell berth's SMP bugs from
+# the emulated host's.
+case "\$PARTS" in *smp*) for i in \$(seq $RUNS); do berth_run smp ${BENCH_SMP:-32} timer; qemu_run ${BENCH_SMP:-32}; done;; esac
 case "\$PARTS" in *rss*)
 /bin/berth run --kernel /guest/bzImage --initrd /guest/sleep.cpio.gz --memory 256 --cmdline "\$CMD" </dev/null >/dev/null 2>&1 &
 p=\$!; sleep 25; rss \$p berth; wait \$p

@@ -1,8 +1,38 @@
 #!/usr/bin/env python3
-"""Turns the RESULT/RSS lines of bench/boot.sh's log into a table of medians (ms)."""
+"""Turns the RESULT/RSS lines of bench/boot.sh's log into a table of medians (ms); with
+--disk, the RESULT lines of bench/disk.sh's log into a guest/host table."""
 import re
 import statistics
 import sys
+
+
+def disk(path):
+    res = {}
+    for line in open(path, errors="replace"):
+        if line.startswith(("FIOFAIL ", "NOGUEST ")):
+            print(f"# {line.strip()}")
+        m = re.match(r"RESULT (\w+) (\w+) bw_kib=(\d+) iops=(\d+)", line)
+        if m:
+            res[(m[1], m[2])] = (int(m[3]), int(m[4]))
+    print("fio --direct=1, libaio: guest = berth virtio-blk on /dev/vda, host = loop device")
+    print(f"{'job':34} {'host':>10} {'guest':>10} {'guest/host':>10}")
+    for job, what in (
+        ("seqwrite", "sequential write 1 MiB, QD16 (MiB/s)"),
+        ("seqread", "sequential read 1 MiB, QD16 (MiB/s)"),
+        ("randread", "random read 4 KiB, QD32 (IOPS)"),
+    ):
+        vals = []
+        for where in ("host", "guest"):
+            r = res.get((where, job))
+            vals.append(None if r is None else (r[0] / 1024 if job != "randread" else r[1]))
+        cells = [f"{v:10.1f}" if v is not None else f"{'-':>10}" for v in vals]
+        ratio = f"{vals[1] / vals[0]:10.2f}" if None not in vals and vals[0] else f"{'':>10}"
+        print(f"{what:34} {cells[0]} {cells[1]} {ratio}")
+
+
+if len(sys.argv) > 2 and sys.argv[1] == "--disk":
+    disk(sys.argv[2])
+    sys.exit(0)
 
 
 def fields(line):

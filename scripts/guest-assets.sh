@@ -8,8 +8,8 @@
 #   bzImage            the package's vmlinuz
 #   vmlinux            the ELF kernel extracted from bzImage (what scripts/extract-vmlinux does)
 #   initramfs.cpio.gz  guest initramfs: busybox, virtio modules + modules.dep, /init (see below)
-#   host-modules/      irqbypass.ko kvm.ko kvm-amd.ko kvm-intel.ko tun.ko: loaded by the emulated
-#                      host (L1) that gives the tests a real /dev/kvm
+#   host-modules/      irqbypass.ko kvm.ko kvm-amd.ko kvm-intel.ko tun.ko loop.ko: loaded by the
+#                      emulated host (L1) that gives the tests a real /dev/kvm (loop: bench/disk.sh)
 #   busybox            the static busybox (also used for the emulated host's initramfs)
 #   kernel-version     e.g. 6.1.0-56-cloud-amd64
 #   modules/           the whole modules tree of the package (lib/modules/<ver>), for later use
@@ -18,7 +18,9 @@
 # only checks and prints where the assets are. --force rebuilds.
 #
 # The guest's /init mounts proc, sysfs and devtmpfs, modprobes the modules listed in the kernel
-# command line as berth.modules=a,b,c, prints /proc/version and "BERTH-GUEST-INIT <uptime>",
+# command line as berth.modules=a,b,c, moves its stdio to /dev/<name> when the command line has
+# berth.console=<name> (e.g. hvc0, whose driver is a module), prints /proc/version and
+# "BERTH-GUEST-INIT <uptime>",
 # then runs /test.sh if it exists (a test supplies it in a second cpio archive concatenated to
 # initramfs.cpio.gz), prints "BERTH-TEST-EXIT <status>" and reboots; without /test.sh it gives a
 # shell on the console and reboots when the shell exits.
@@ -48,7 +50,7 @@ GUEST_MODULES="virtio virtio_ring virtio_pci virtio_pci_modern_dev virtio_pci_le
   vmw_vsock_virtio_transport vmw_vsock_virtio_transport_common virtiofs fuse
   pvpanic pvpanic-mmio"
 HOST_MODULES="virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko
-  arch/x86/kvm/kvm-intel.ko drivers/net/tun.ko"
+  arch/x86/kvm/kvm-intel.ko drivers/net/tun.ko drivers/block/loop.ko"
 
 SUDO=
 [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -223,14 +225,28 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /tmp
 hostname -F /etc/hostname
+CONSOLE=
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     berth.modules=*)
       for m in $(echo "${arg#berth.modules=}" | tr , ' '); do
         modprobe "$m" || echo "BERTH-GUEST-INIT: modprobe $m failed"
       done ;;
+    berth.console=*) CONSOLE=${arg#berth.console=} ;;
   esac
 done
+# berth.console=hvc0: the kernel's console (ttyS0) stays, but init and what it starts talk on
+# /dev/hvc0, which appears only once virtio_console (a module, loaded above) has probed.
+if [ -n "$CONSOLE" ]; then
+  i=0
+  while [ ! -c "/dev/$CONSOLE" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+  if [ -c "/dev/$CONSOLE" ]; then
+    exec <>"/dev/$CONSOLE" >&0 2>&0
+  else
+    echo "BERTH-GUEST-INIT: no /dev/$CONSOLE after 5 s, staying on the kernel console"
+    CONSOLE=
+  fi
+fi
 cat /proc/version
 echo "BERTH-GUEST-INIT $(cut -d' ' -f1 /proc/uptime)"
 if [ -f /test.sh ]; then
@@ -239,7 +255,12 @@ if [ -f /test.sh ]; then
   echo "BERTH-TEST-EXIT $?"
 else
   echo "berth guest shell ($(uname -r)): 'exit' or Ctrl-D reboots (berth then exits)"
-  setsid cttyhack sh -l
+  if [ -n "$CONSOLE" ]; then
+    # cttyhack would pick the kernel's console (ttyS0): open hvc0 as the controlling tty.
+    setsid sh -c "exec sh -l <>/dev/$CONSOLE >&0 2>&0"
+  else
+    setsid cttyhack sh -l
+  fi
 fi
 reboot -f
 EOF

@@ -4,7 +4,7 @@
 #   scripts/test.sh                     everything (cargo test --workspace --release)
 #   scripts/test.sh -p berth-tests --test boot_x86_64 [-- filter]   some of it
 #
-# 1. installs what is missing (Debian: qemu-system-x86, cpio, kmod, file, lz4, acpica-tools), checking with
+# 1. installs what is missing (Debian: qemu-system-x86, cpio, kmod, file, lz4, e2fsprogs, acpica-tools), checking with
 #    `command -v` first, so a machine that has them is not slowed down;
 # 2. fetches the guest assets (scripts/guest-assets.sh; cached in ~/.cache/berth);
 # 3. builds berth in release mode and points BERTH_BIN at it;
@@ -30,6 +30,9 @@ if [ "${BERTH_E2E_MODE:-}" != skip ]; then
   have file || missing+=(file)
   have lz4 || missing+=(lz4)
 fi
+# ext4 images for the virtio-blk tests: mkfs.ext4 -d, fsck.ext4 -n, debugfs (the harness's unit
+# tests use them too, so also with BERTH_E2E_MODE=skip)
+{ have mkfs.ext4 && have fsck.ext4 && have debugfs; } || missing+=(e2fsprogs)
 have iasl || missing+=(acpica-tools) # arch's ACPI tests disassemble the tables with it
 if [ ${#missing[@]} -gt 0 ]; then
   command -v apt-get >/dev/null || { say "missing: ${missing[*]} (install them; this script knows apt only)"; exit 1; }

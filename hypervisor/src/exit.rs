@@ -14,6 +14,8 @@ pub enum VcpuExit<'a> {
     Halt,
     /// The guest asked the platform to power off, reset or reported a crash.
     System(SystemEvent),
+    /// The vCPU shut down on its own (x86: a triple fault); platforms treat it as a reset.
+    Shutdown,
     /// Another thread kicked the vCPU (signal); check for requests and run again.
     Interrupted,
     /// The hypervisor could not run the guest any further (`code` is backend-specific).
@@ -29,7 +31,7 @@ pub enum VcpuExit<'a> {
 pub enum SystemEvent {
     /// Power off (ACPI S5, PSCI SYSTEM_OFF).
     PowerOff,
-    /// Reset (keyboard-controller reset, ACPI reset register, triple fault, PSCI SYSTEM_RESET).
+    /// Reset (keyboard-controller reset, ACPI reset register, PSCI SYSTEM_RESET).
     Reset,
     /// The guest reported a crash (pvpanic, PSCI crash event).
     Crash,

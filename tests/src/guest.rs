@@ -2,7 +2,7 @@
 
 use crate::cpio::{self, CpioWriter};
 use crate::host::HostRun;
-use crate::process::{self, sh_quote};
+use crate::process::{self, sh_quote, Input};
 use crate::{assets, env_flag, Arch, Mode, WorkDir};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -69,8 +69,15 @@ pub struct GuestRun {
     pub files: Vec<PathBuf>,
     /// Extra files in the guest's initramfs: (absolute path in the guest, contents, mode).
     pub guest_files: Vec<(String, Vec<u8>, u32)>,
+    /// Files of [`files`](Self::files) that berth may change and whose changes the test reads
+    /// afterwards (disk images): in the emulated host they are sent back and replace the file
+    /// here after the run (natively berth writes them in place).
+    pub writable: Vec<PathBuf>,
     /// Names of files in `{scratch}` to read back after the run (small ones).
     pub collect: Vec<String>,
+    /// What to type on berth's stdin, once its stdout (the console) shows a marker: (marker,
+    /// bytes). stdin is closed after them; without this it is /dev/null.
+    pub stdin: Option<(String, Vec<u8>)>,
     /// For the whole run (in the emulated host: its boot included).
     pub timeout: Duration,
     /// RAM of the emulated host in MiB (default 3072): raise it for big guests.
@@ -91,7 +98,9 @@ impl GuestRun {
             berth_args: Vec::new(),
             files: Vec::new(),
             guest_files: Vec::new(),
+            writable: Vec::new(),
             collect: Vec::new(),
+            stdin: None,
             timeout: Duration::from_secs(300),
             host_memory_mib: 3072,
         }
@@ -144,6 +153,23 @@ impl GuestRun {
     /// Makes a file of this machine available to berth as `{file:<its file name>}`.
     pub fn file(mut self, path: impl Into<PathBuf>) -> Self {
         self.files.push(path.into());
+        self
+    }
+
+    /// Like [`file`](Self::file) for a file berth writes (a disk image): after the run, the file
+    /// at `path` has berth's changes wherever berth ran. In the emulated host it lives in RAM and
+    /// comes back gzip'd over a serial port: keep it to tens of MiB, mostly empty.
+    pub fn writable_file(mut self, path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        self.files.push(path.clone());
+        self.writable.push(path);
+        self
+    }
+
+    /// Types `data` on berth's stdin once the console shows `after` (e.g. the guest init's
+    /// `BERTH-GUEST-INIT`), then closes stdin.
+    pub fn stdin_after(mut self, after: impl Into<String>, data: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some((after.into(), data.into()));
         self
     }
 
@@ -292,8 +318,17 @@ impl GuestRun {
         argv.extend(self.resolved_args(None, &path_str(&scratch)));
         let mut cmd = Command::new(berth);
         cmd.args(&argv).current_dir(&scratch);
-        let c = process::run(&mut cmd, self.timeout, env_flag("BERTH_E2E_VERBOSE"))
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", berth.display()));
+        let input = self.stdin.as_ref().map(|(after, data)| Input {
+            after: after.clone(),
+            data: data.clone(),
+        });
+        let c = process::run_with_input(
+            &mut cmd,
+            self.timeout,
+            env_flag("BERTH_E2E_VERBOSE"),
+            input.as_ref(),
+        )
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", berth.display()));
         let files = self
             .collect
             .iter()
@@ -341,23 +376,59 @@ impl GuestRun {
                 .to_string_lossy()
                 .into_owned();
             host = host.file(f, format!("/files/{name}"));
+            if self.writable.contains(f) {
+                host = host.collect_gz(format!("/files/{name}"));
+            }
         }
         for n in &self.collect {
             host = host.collect(format!("/scratch/{n}"));
         }
         let quoted: Vec<String> = argv.iter().map(|a| sh_quote(a)).collect();
-        host.script = format!(
-            "mkdir -p /scratch && cd /scratch && exec /bin/berth {}\n",
-            quoted.join(" ")
-        );
+        let berth_cmd = format!("/bin/berth {}", quoted.join(" "));
+        host.script = match &self.stdin {
+            None => format!("mkdir -p /scratch && cd /scratch && exec {berth_cmd}\n"),
+            Some((after, data)) => {
+                // berth's stdout goes on through tee (still a pipe, as without input) and is
+                // watched for the marker; the typing waits for it, like a person would.
+                host = host.bytes("/l1/stdin-data", data.clone(), 0o644);
+                format!(
+                    "mkdir -p /scratch && cd /scratch\n\
+                     mkfifo /tmp/berth-stdin\n\
+                     : >/tmp/berth-console\n\
+                     ( until grep -qF -- {after} /tmp/berth-console; do sleep 0.2; done\n\
+                     \x20 cat /l1/stdin-data ) >/tmp/berth-stdin 2>/dev/null &\n\
+                     FEED=$!\n\
+                     {{ {berth_cmd} </tmp/berth-stdin; echo $? >/tmp/berth-rc; }} | tee /tmp/berth-console\n\
+                     kill $FEED 2>/dev/null\n\
+                     exit \"$(cat /tmp/berth-rc)\"\n",
+                    after = sh_quote(after)
+                )
+            }
+        };
         let h = host
             .run_in(work.path())
             .unwrap_or_else(|e| panic!("emulated host: {e}"));
         let files = h
             .files
             .iter()
-            .map(|(k, v)| (k.trim_start_matches("/scratch/").to_string(), v.clone()))
+            .filter_map(|(k, v)| Some((k.strip_prefix("/scratch/")?.to_string(), v.clone())))
             .collect();
+        let mut problem = h.problem.clone();
+        // A run that hit its deadline may be repeated: it must start from the same image.
+        if !h.timed_out {
+            for f in &self.writable {
+                let name = f.file_name().unwrap_or_default().to_string_lossy();
+                match h.files.get(&format!("/files/{name}")) {
+                    Some(data) => std::fs::write(f, data)
+                        .unwrap_or_else(|e| panic!("writing back {}: {e}", f.display())),
+                    None => {
+                        problem.get_or_insert(format!(
+                            "the writable file {name} did not come back from the emulated host"
+                        ));
+                    }
+                }
+            }
+        }
         let mut host_log = h.host_log.clone();
         if !h.dmesg.is_empty() {
             host_log.push_str("\n--- emulated host dmesg ---\n");
@@ -373,7 +444,7 @@ impl GuestRun {
             timed_out: h.timed_out,
             files,
             host_log,
-            problem: h.problem,
+            problem,
             wall: h.script_secs.map(Duration::from_secs_f64).unwrap_or(h.wall),
             work_dir: work,
         }
@@ -687,6 +758,44 @@ mod tests {
         assert_eq!(o.guest_init_uptime(), Some(0.73));
         assert_eq!(o.boot_time_us(), Some(812345));
         assert_eq!(o.expect_console_line("Linux version"), "Linux version 6.1");
+    }
+
+    /// The emulated host's path for writable files and typed input, with a shell script
+    /// standing in for berth: it waits for input, then writes into the disk image it was given.
+    #[test]
+    fn emulated_run_with_a_stand_in_writes_back_and_types() {
+        if crate::mode(Arch::X86_64) != Some(Mode::EmulatedHost) {
+            eprintln!("not run: berth runs natively here (or BERTH_E2E_MODE=skip)");
+            return;
+        }
+        let dir = WorkDir::new("unit-emulated");
+        let fake = dir.path().join("fake-berth");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\necho PROMPT\nread line\necho \"got: $line\"\n\
+             for a; do case \"$a\" in path=*) p=${a#path=} ;; esac; done\n\
+             printf 'from the stand-in' | dd of=\"$p\" bs=4096 seek=1 conv=notrunc 2>/dev/null\n\
+             exit 7\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let disk = dir.path().join("disk.img");
+        std::fs::write(&disk, vec![0xaa; 1 << 20]).unwrap();
+        // Any file will do as the kernel: it is only shipped.
+        let run = GuestRun::new(Kernel::Path(fake.clone()))
+            .initrd(Initrd::None)
+            .writable_file(&disk)
+            .args(["--disk", "path={file:disk.img}"])
+            .stdin_after("PROMPT", "typed\n")
+            .timeout(Duration::from_secs(120));
+        let _lock = crate::lock_machine();
+        let out = run.run_emulated(&fake, WorkDir::new("unit-emulated-run"));
+        out.assert_status(7).assert_console_contains("got: typed");
+        let data = std::fs::read(&disk).unwrap();
+        assert_eq!(data.len(), 1 << 20);
+        assert_eq!(&data[4096..4096 + 17], b"from the stand-in");
+        assert!(data[..4096].iter().all(|&b| b == 0xaa));
     }
 
     /// The native path, with a shell script standing in for berth.

@@ -72,6 +72,9 @@ pub struct HostRun {
     /// Paths in the emulated host whose contents are returned after the script ([`HostOutcome::files`]).
     /// They travel base64-encoded over an emulated serial port: keep them small (KiB to a few MiB).
     pub collect: Vec<String>,
+    /// Like `collect`, but gzip'd for the trip (busybox gzip in the emulated host, `gzip -dc`
+    /// here): for disk images, mostly zeros, of tens of MiB.
+    pub collect_gz: Vec<String>,
     /// For the whole run, QEMU's boot included.
     pub timeout: Duration,
     pub cpus: u32,
@@ -90,6 +93,7 @@ impl HostRun {
             script: script.into(),
             files: Vec::new(),
             collect: Vec::new(),
+            collect_gz: Vec::new(),
             timeout: Duration::from_secs(300),
             cpus: 2,
             memory_mib: 3072,
@@ -160,6 +164,12 @@ impl HostRun {
     /// Returns the contents of `path` (in the emulated host) after the script.
     pub fn collect(mut self, path: impl Into<String>) -> HostRun {
         self.collect.push(path.into());
+        self
+    }
+
+    /// Like [`collect`](Self::collect), compressed on the way (for disk images).
+    pub fn collect_gz(mut self, path: impl Into<String>) -> HostRun {
+        self.collect_gz.push(path.into());
         self
     }
 
@@ -277,11 +287,23 @@ impl HostRun {
             .get("dmesg")
             .map(|b| lossy(b))
             .unwrap_or_default();
-        let files = p
+        let mut files: BTreeMap<String, Vec<u8>> = p
             .sections
             .iter()
             .filter_map(|(k, v)| Some((k.strip_prefix("file:")?.to_string(), v.clone())))
             .collect();
+        for (k, v) in &p.sections {
+            if let Some(path) = k.strip_prefix("gzfile:") {
+                match gunzip(v) {
+                    Ok(data) => {
+                        files.insert(path.to_string(), data);
+                    }
+                    Err(e) => {
+                        problem.get_or_insert(format!("collected file {path}: {e}"));
+                    }
+                }
+            }
+        }
         Ok(HostOutcome {
             stdout,
             stderr,
@@ -433,6 +455,14 @@ emit() {{
                 c.replace(['"', '$', '`', '\\'], "?")
             ));
         }
+        for c in &self.collect_gz {
+            let q = sh_quote(c);
+            s.push_str(&format!(
+                "[ -f {q} ] && gzip -c {q} >/l1/collect.gz && emit {} /l1/collect.gz || echo \"L1: no file {}\"\n",
+                sh_quote(&format!("gzfile:{c}")),
+                c.replace(['"', '$', '`', '\\'], "?")
+            ));
+        }
         s.push_str(
             r#"dmesg >/l1/dmesg
 emit dmesg /l1/dmesg
@@ -516,6 +546,31 @@ fn shared_libraries(exe: &Path) -> Vec<PathBuf> {
         .map(PathBuf::from)
         .filter(|p| p.is_file())
         .collect()
+}
+
+/// Decompresses with the system's gzip (every Linux has it; no crate for one use).
+fn gunzip(data: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new("gzip")
+        .arg("-dc")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("gzip: {e}"))?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().map_err(|e| format!("gzip: {e}"))?;
+    let _ = writer.join();
+    if !out.status.success() {
+        return Err(format!(
+            "gzip -dc failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(out.stdout)
 }
 
 fn lossy(b: &[u8]) -> String {
@@ -775,6 +830,16 @@ AAEC\r\n\
             inner_timeout(Duration::from_secs(40)),
             Duration::from_secs(20)
         );
+    }
+
+    #[test]
+    fn gzip_sections_decompress() {
+        let out = Command::new("sh")
+            .args(["-c", "printf 'disk image' | gzip -c"])
+            .output()
+            .unwrap();
+        assert_eq!(gunzip(&out.stdout).unwrap(), b"disk image");
+        assert!(gunzip(b"not gzip").is_err());
     }
 
     #[test]

@@ -56,6 +56,7 @@
 
 pub mod assets;
 pub mod cpio;
+pub mod ext4;
 pub mod guest;
 pub mod host;
 mod process;
@@ -227,12 +228,13 @@ pub(crate) fn env_flag(name: &str) -> bool {
 
 /// Held while a run uses the machine: one run at a time in this process (tests run in threads)
 /// and, through a lock file, across processes (two `cargo test`s, two test binaries).
-pub(crate) struct RunLock {
+pub struct RunLock {
     _file: File,
     _guard: MutexGuard<'static, ()>,
 }
 
-pub(crate) fn lock_machine() -> RunLock {
+/// Takes the machine for a QEMU a test starts itself (GuestRun and HostRun take it already).
+pub fn lock_machine() -> RunLock {
     static IN_PROCESS: Mutex<()> = Mutex::new(());
     let guard = IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
     let path = std::env::temp_dir().join("berth-e2e.lock");

@@ -17,11 +17,29 @@ pub(crate) struct Captured {
     pub elapsed: Duration,
 }
 
+/// Bytes for a child's stdin, written once its stdout shows `after` (typed at a prompt that is
+/// there, rather than sent before the reader exists); stdin is closed after them.
+#[derive(Clone, Debug)]
+pub(crate) struct Input {
+    pub after: String,
+    pub data: Vec<u8>,
+}
+
 /// Runs `cmd` with stdin from /dev/null, killing it (SIGKILL) after `timeout`. With `echo`,
 /// its output is also copied to this process's stderr as it comes (for watching a slow run).
 /// The child is also killed if the thread that started it dies (PR_SET_PDEATHSIG), so a killed
 /// test run leaves no QEMU behind.
 pub(crate) fn run(cmd: &mut Command, timeout: Duration, echo: bool) -> io::Result<Captured> {
+    run_with_input(cmd, timeout, echo, None)
+}
+
+/// [`run`], with stdin fed from `input` when given.
+pub(crate) fn run_with_input(
+    cmd: &mut Command,
+    timeout: Duration,
+    echo: bool,
+    input: Option<&Input>,
+) -> io::Result<Captured> {
     let start = Instant::now();
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {
@@ -33,12 +51,35 @@ pub(crate) fn run(cmd: &mut Command, timeout: Duration, echo: bool) -> io::Resul
         });
     }
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
     let out = reader(child.stdout.take().expect("piped stdout"), echo);
     let err = reader(child.stderr.take().expect("piped stderr"), echo);
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        let seen = out.buf.clone();
+        let (after, data) = (input.after.clone(), input.data.clone());
+        let deadline = start + timeout;
+        thread::spawn(move || {
+            let needle = after.as_bytes();
+            while Instant::now() < deadline {
+                let ready = seen
+                    .lock()
+                    .map(|b| b.windows(needle.len().max(1)).any(|w| w == needle))
+                    .unwrap_or(false);
+                if ready {
+                    let _ = stdin.write_all(&data);
+                    return; // dropping stdin closes it
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        });
+    }
     let (status, timed_out) = wait_deadline(&mut child, start + timeout)?;
     let elapsed = start.elapsed();
     // A grandchild may still hold the pipes open: do not wait for it for long.
@@ -157,6 +198,23 @@ mod tests {
         assert!(c.status.is_none());
         assert_eq!(c.stdout, b"start\n");
         assert!(c.elapsed < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn input_waits_for_its_prompt() {
+        // `cat` would echo the input at once; the prompt must come first.
+        let c = run_with_input(
+            Command::new("sh").args(["-c", "sleep 0.3; echo PROMPT; cat"]),
+            Duration::from_secs(20),
+            false,
+            Some(&Input {
+                after: "PROMPT".into(),
+                data: b"typed\n".to_vec(),
+            }),
+        )
+        .unwrap();
+        assert!(!c.timed_out);
+        assert_eq!(c.stdout, b"PROMPT\ntyped\n");
     }
 
     #[test]

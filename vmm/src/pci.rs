@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use arch::GuestMemory;
 use devices::bus::lock;
-use devices::pci::{MsiMessage, MsiVector, PciConfigIo, PciConfigMmio, PciMmio, PciRoot};
+use devices::pci::{IntxLine, MsiMessage, MsiVector, PciConfigIo, PciConfigMmio, PciMmio, PciRoot};
 use devices::virtio::pci::{VirtioPci, BAR_SIZE};
 use devices::virtio::VirtioDevice;
 use devices::{Bus, EventFd};
@@ -71,6 +71,20 @@ impl MsiVector for Vector {
     }
 }
 
+/// An INTx pin: a level on an IOAPIC input.
+struct Intx {
+    irqchip: Arc<dyn IrqChip>,
+    gsi: u32,
+}
+
+impl IntxLine for Intx {
+    fn set_level(&self, high: bool) {
+        if let Err(e) = self.irqchip.set_irq_line(self.gsi, high) {
+            devices::log_limited!(log::Level::Error, "INTx GSI {}: {e}", self.gsi);
+        }
+    }
+}
+
 /// Builds bus 0 and its devices; [`PciBuilder::attach`] puts it on the VM's buses.
 pub struct PciBuilder<'a> {
     vm: &'a dyn Vm,
@@ -130,15 +144,8 @@ impl<'a> PciBuilder<'a> {
 
     /// Puts `device` on the bus as a virtio-pci function named `name`.
     pub fn add_virtio(&mut self, name: &str, device: Box<dyn VirtioDevice>) -> Result<()> {
-        if !self.layout.msi {
-            // Without MSIs the driver would wait forever: the transport has no INTx yet.
-            return Err(dev_err(
-                name,
-                "needs MSIs, which this interrupt controller cannot deliver (a GICv2, or a \
-                 GICv3 without an ITS); virtio-pci has no INTx fallback yet",
-            ));
-        }
-        // The requester id of bus 0, function 0 of the slot the device will get.
+        // The requester id of bus 0, function 0 of the slot the device will get; its INTA is
+        // wired by slot too.
         let slot = self
             .root
             .next_free_slot()
@@ -152,12 +159,17 @@ impl<'a> PciBuilder<'a> {
             .allocate(BAR_SIZE, BAR_SIZE, AllocPolicy::FirstMatch)
             .map_err(|e| dev_err(name, format!("no room for its BAR: {e:?}")))?
             .start();
+        let intx: Arc<dyn IntxLine> = Arc::new(Intx {
+            irqchip: self.irqchip.clone(),
+            gsi: (self.layout.intx_gsi)(slot),
+        });
         let dev = VirtioPci::new(
             name.to_string(),
             device,
             self.mem.clone(),
             bar,
             vectors,
+            Some(intx),
             self.spawner.clone(),
         )
         .map_err(|e| dev_err(name, e))?;
@@ -169,7 +181,12 @@ impl<'a> PciBuilder<'a> {
             .root
             .add_device(Arc::new(Mutex::new(dev)))
             .map_err(|e| dev_err(name, e))?;
-        debug_assert_eq!(placed, slot);
+        if placed != slot {
+            return Err(dev_err(
+                name,
+                "PCI slot out of order; INTx and MSI routing would be wrong",
+            ));
+        }
         log::debug!("{name}: PCI 00:{slot:02x}.0, BAR0 at {bar:#x}");
         Ok(())
     }

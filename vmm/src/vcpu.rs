@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use devices::{log_limited, Bus};
-use hypervisor::{Kicker, Vcpu, VcpuExit};
+use hypervisor::{Kicker, SystemEvent, Vcpu, VcpuExit};
 
 use crate::vm::VmEvent;
 
@@ -33,6 +33,10 @@ pub fn run(mut vcpu: Box<dyn Vcpu>, ctx: VcpuContext, kicker_tx: Sender<(u32, Ki
     }
     while !ctx.stop.load(Ordering::Acquire) {
         let event = match vcpu.run() {
+            Ok(VcpuExit::Shutdown) => {
+                crate::platform::log_shutdown(&*vcpu);
+                VmEvent::System(SystemEvent::Reset)
+            }
             Ok(exit) => match handle_exit(id, exit, &ctx) {
                 Some(ev) => ev,
                 None => continue,
@@ -93,6 +97,7 @@ fn handle_exit(cpu: u32, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Option<VmEven
         // reports one, running again waits in the hypervisor for the next interrupt.
         VcpuExit::Halt | VcpuExit::Interrupted => {}
         VcpuExit::System(ev) => return Some(VmEvent::System(ev)),
+        VcpuExit::Shutdown => return Some(VmEvent::System(SystemEvent::Reset)),
         VcpuExit::InternalError { code } => {
             return Some(VmEvent::VcpuFailed {
                 cpu,

@@ -206,3 +206,59 @@ fn dev_kvm_without_permission() {
     };
     assert_one_line_error(&out, &["no permission to open /dev/kvm", "kvm' group"]);
 }
+
+#[test]
+fn missing_disk_image() {
+    if !kvm_usable() {
+        eprintln!("skipped: /dev/kvm is not usable here");
+        return;
+    }
+    let k = tiny_elf(0x1000);
+    let out = run(&[
+        "run",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--disk",
+        "path=/nonexistent/disk.img",
+    ]);
+    assert_one_line_error(&out, &["/nonexistent/disk.img", "does not exist"]);
+}
+
+/// Another VM has the image: this process holds it locked, as flock(LOCK_EX) and as an OFD
+/// write lock over the whole file (the two kinds do not see each other on Linux, and berth may
+/// use either), and berth must refuse it rather than share it.
+#[test]
+fn disk_image_locked_by_another_process() {
+    if !kvm_usable() {
+        eprintln!("skipped: /dev/kvm is not usable here");
+        return;
+    }
+    use std::os::unix::io::AsRawFd;
+    let k = tiny_elf(0x1000);
+    let img = tmp("locked.img");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    f.set_len(1 << 20).unwrap();
+    // SAFETY: flock and fcntl on a descriptor this test owns; `lk` outlives the call.
+    unsafe {
+        assert_eq!(libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB), 0);
+        let mut lk: libc::flock = std::mem::zeroed();
+        lk.l_type = libc::F_WRLCK as libc::c_short;
+        lk.l_whence = libc::SEEK_SET as libc::c_short;
+        assert_eq!(libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &lk), 0);
+    }
+    let out = run(&[
+        "run",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--disk",
+        &format!("path={}", img.display()),
+    ]);
+    assert_one_line_error(&out, &["locked.img", "locked"]);
+    drop(f);
+}

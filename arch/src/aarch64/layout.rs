@@ -48,6 +48,12 @@ pub const RTC_SPI: u32 = 2;
 /// SPIs of PCI INTA..INTD (before swizzling by slot).
 pub const PCI_INTX_SPI: u32 = 3;
 
+/// The SPI (= GSI) a slot's INTA raises: the standard swizzle the device tree's interrupt-map
+/// describes, repeating every four slots.
+pub fn pci_intx_spi(slot: u8) -> u32 {
+    PCI_INTX_SPI + u32::from(slot) % 4
+}
+
 /// Room reserved at the end of RAM for the device tree (the arm64 boot protocol's limit).
 pub const FDT_MAX_SIZE: u64 = 2 * MIB;
 

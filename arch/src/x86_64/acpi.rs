@@ -103,7 +103,20 @@ fn pvpanic_device() -> Vec<u8> {
     ))
 }
 
-/// The PCI host bridge: bus 0, config ports 0xCF8-0xCFF, and the two BAR windows.
+/// First IOAPIC input used for PCI INTx; eight inputs (16-23) are shared round-robin by slot.
+const PCI_INTX_GSI_BASE: u32 = 16;
+const PCI_INTX_GSIS: u32 = 8;
+/// PCI slots on bus 0 (slot 0 is the host bridge).
+const PCI_SLOTS: u32 = 32;
+
+/// The IOAPIC input that INTA of PCI slot `slot` is wired to (the DSDT's `_PRT` says the same).
+/// PCI interrupts are level-triggered, active low, as Linux assumes for `_PRT` GSIs.
+pub fn pci_intx_gsi(slot: u8) -> u32 {
+    PCI_INTX_GSI_BASE + u32::from(slot) % PCI_INTX_GSIS
+}
+
+/// The PCI host bridge: bus 0, config ports 0xCF8-0xCFF, the two BAR windows, and `_PRT`
+/// routing each slot's INTA straight to a GSI (no link devices).
 fn pci_host_bridge(mem_size: u64) -> Vec<u8> {
     let (mmio64, mmio64_len) = pci_mmio64(mem_size);
     let bus = aml::AddressSpace::<u16>::new_bus_number(0, 0);
@@ -118,9 +131,20 @@ fn pci_host_bridge(mem_size: u64) -> Vec<u8> {
     );
     let mmio64 =
         aml::AddressSpace::<u64>::new_memory(uncached, true, mmio64, mmio64 + mmio64_len - 1, None);
+    let prt_values: Vec<(u32, u32)> = (1..PCI_SLOTS as u8)
+        .map(|slot| ((u32::from(slot) << 16) | 0xffff, pci_intx_gsi(slot)))
+        .collect();
+    const PIN_A: u8 = 0;
+    const NO_SOURCE: u8 = 0;
+    let prt_entries: Vec<aml::Package> = prt_values
+        .iter()
+        .map(|(addr, gsi)| aml::Package::new(vec![addr, &PIN_A, &NO_SOURCE, gsi]))
+        .collect();
+    let prt = aml::Package::new(prt_entries.iter().map(|p| p as &dyn Aml).collect());
     aml_bytes(&aml::Device::new(
         "_SB_.PCI0".into(),
         vec![
+            &aml::Name::new("_PRT".into(), &prt),
             &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08")),
             &aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03")),
             &aml::Name::new("_ADR".into(), &aml::ZERO),

@@ -42,3 +42,9 @@ pub trait MsiVector: Send + Sync {
     /// Delivers the vector's current message.
     fn trigger(&self);
 }
+
+/// A level-triggered INTx line as the VMM wires it (a pin of the platform's interrupt
+/// controller, routed by the firmware tables).
+pub trait IntxLine: Send + Sync {
+    fn set_level(&self, high: bool);
+}

@@ -8,7 +8,7 @@ use virtio_queue::{Queue, Writer};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::queue_util::{self, Chain};
-use super::worker::EventLoop;
+use super::worker::run_one_queue;
 use super::{
     ActivateError, Activation, GuestMemory, VirtioDevice, VirtioInterrupt, VirtioWorker,
     COMMON_FEATURES, TYPE_RNG,
@@ -69,9 +69,6 @@ pub struct RngWorker {
     buf: Vec<u8>,
 }
 
-const STOP: u64 = 0;
-const KICK: u64 = 1;
-
 impl RngWorker {
     /// Answers every request the driver has made available.
     fn process(&mut self) {
@@ -90,35 +87,14 @@ impl RngWorker {
 
 impl VirtioWorker for RngWorker {
     fn run(mut self: Box<Self>, stop: EventFd) {
-        let mut el = match EventLoop::new().and_then(|mut el| {
-            el.add(&stop, STOP)?;
-            el.add(&self.kick, KICK)?;
-            Ok(el)
-        }) {
-            Ok(el) => el,
+        let kick = match self.kick.try_clone() {
+            Ok(k) => k,
             Err(e) => {
                 log::error!("virtio-rng worker: {e}");
                 return;
             }
         };
-        // The driver may have queued requests before the worker existed.
-        self.process();
-        loop {
-            let tokens = match el.wait() {
-                Ok(t) => t,
-                Err(e) => {
-                    log::error!("virtio-rng worker: {e}");
-                    return;
-                }
-            };
-            if tokens.contains(&STOP) {
-                return;
-            }
-            if tokens.contains(&KICK) {
-                let _ = self.kick.read();
-                self.process();
-            }
-        }
+        run_one_queue("virtio-rng", &kick, &stop, || self.process());
     }
 }
 

@@ -4,6 +4,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
 
 /// An epoll set of fds, each with a caller-chosen token.
 pub struct EventLoop {
@@ -48,10 +49,46 @@ impl EventLoop {
     }
 }
 
+/// The whole life of a worker that serves one queue: `process` runs once at start (the driver
+/// may have queued requests before the worker existed) and after every kick, until `stop`.
+pub fn run_one_queue(name: &str, kick: &EventFd, stop: &EventFd, mut process: impl FnMut()) {
+    let mut el = match EventLoop::new().and_then(|mut el| {
+        el.add(stop, STOP)?;
+        el.add(kick, KICK)?;
+        Ok(el)
+    }) {
+        Ok(el) => el,
+        Err(e) => {
+            log::error!("{name} worker: {e}");
+            return;
+        }
+    };
+    process();
+    loop {
+        let tokens = match el.wait() {
+            Ok(t) => t,
+            Err(e) => {
+                log::error!("{name} worker: {e}");
+                return;
+            }
+        };
+        if tokens.contains(&STOP) {
+            return;
+        }
+        if tokens.contains(&KICK) {
+            // Cleared before looking at the ring, so a kick that comes later is not lost.
+            let _ = kick.read();
+            process();
+        }
+    }
+}
+
+const STOP: u64 = 0;
+const KICK: u64 = 1;
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vmm_sys_util::eventfd::EventFd;
 
     #[test]
     fn reports_the_tokens_of_ready_fds() {

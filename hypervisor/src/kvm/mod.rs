@@ -266,7 +266,7 @@ impl Vcpu for KvmVcpu {
                 KvmExit::MmioWrite(addr, data) => VcpuExit::MmioWrite { addr, data },
                 KvmExit::Hlt => VcpuExit::Halt,
                 // x86: a triple fault; the guest wants a reset (Linux's last-resort reboot).
-                KvmExit::Shutdown => VcpuExit::System(SystemEvent::Reset),
+                KvmExit::Shutdown => VcpuExit::Shutdown,
                 KvmExit::SystemEvent(kind, _) => match kind {
                     KVM_SYSTEM_EVENT_SHUTDOWN => VcpuExit::System(SystemEvent::PowerOff),
                     KVM_SYSTEM_EVENT_RESET => VcpuExit::System(SystemEvent::Reset),

@@ -35,13 +35,15 @@ pub fn irq_chip_config(cpus: u32) -> IrqChipConfig {
 }
 
 pub fn pci_layout(mem_size: u64, irqchip: &dyn IrqChip) -> PciLayout {
+    // Without an ITS (a GICv2, or a GICv3 without one) the device tree has no msi-map and
+    // Linux uses INTx.
     let its = irqchip.gic_version() == (GicVersion::V3 { its: true });
     PciLayout {
         ecam: (PCI_ECAM_START, PCI_ECAM_SIZE),
         config_ports: None,
         mmio32: (PCI_MMIO32_START, PCI_MMIO32_SIZE),
         mmio64: pci_mmio64(mem_size),
-        msi: its,
+        intx_gsi: arch::aarch64::layout::pci_intx_spi,
         msi_devid: its,
     }
 }
@@ -130,4 +132,13 @@ pub fn configure_vcpus(
         arch::aarch64::configure_vcpu(&**vcpu, &boot.info)?;
     }
     Ok(())
+}
+
+/// A vCPU that shut down on its own (KVM reports none on aarch64; PSCI events come as system
+/// events): the PC says where, for debugging.
+pub fn log_shutdown(vcpu: &dyn Vcpu) {
+    match vcpu.get_reg(hypervisor::arch::Reg::Pc) {
+        Ok(pc) => log::debug!("vCPU {} shut down: pc {pc:#x}", vcpu.id()),
+        Err(_) => log::debug!("vCPU {} shut down", vcpu.id()),
+    }
 }

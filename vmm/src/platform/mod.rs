@@ -44,8 +44,8 @@ pub struct PciLayout {
     pub mmio32: (u64, u64),
     /// The 64-bit BAR window `(start, size)`, where berth places BARs.
     pub mmio64: (u64, u64),
-    /// The interrupt controller can deliver MSIs (not a GICv2, nor a GICv3 without an ITS).
-    pub msi: bool,
+    /// The platform interrupt (GSI) a slot's INTA is wired to, as the firmware tables say.
+    pub intx_gsi: fn(u8) -> u32,
     /// MSIs carry the requester id (the aarch64 GICv3 ITS translates per device).
     pub msi_devid: bool,
 }

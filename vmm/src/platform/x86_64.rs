@@ -65,7 +65,7 @@ pub fn pci_layout(mem_size: u64, _irqchip: &dyn IrqChip) -> PciLayout {
         config_ports: Some((PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN)),
         mmio32: (PCI_MMIO32_START, PCI_MMIO32_SIZE),
         mmio64: pci_mmio64(mem_size),
-        msi: true,
+        intx_gsi: acpi::pci_intx_gsi,
         msi_devid: false,
     }
 }
@@ -183,4 +183,21 @@ pub fn configure_vcpus(
         arch::x86_64::configure_vcpu(&**vcpu, mem, &boot.info, &boot.cpuid, boot.cpus)?;
     }
     Ok(())
+}
+
+/// A triple fault resets the guest like a requested reset; the state says why, for debugging.
+pub fn log_shutdown(vcpu: &dyn Vcpu) {
+    match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(r), Ok(s)) => log::debug!(
+            "vCPU {} shut down (triple fault): rip {:#x} rsp {:#x} cs {:#x}/{:#x} cr0 {:#x} cr3 {:#x}",
+            vcpu.id(),
+            r.rip,
+            r.rsp,
+            s.cs.selector,
+            s.cs.base,
+            s.cr0,
+            s.cr3
+        ),
+        _ => log::debug!("vCPU {} shut down (triple fault)", vcpu.id()),
+    }
 }

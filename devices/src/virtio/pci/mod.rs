@@ -24,7 +24,9 @@ use super::{
 use crate::bus::lock;
 use crate::log_limited;
 use crate::pci::msix::MSIX_CONTROL;
-use crate::pci::{BarKind, ConfigWrite, MsiVector, Msix, PciConfig, PciDevice, PciHeader};
+use crate::pci::{
+    BarKind, ConfigWrite, IntxLine, MsiVector, Msix, PciConfig, PciDevice, PciHeader,
+};
 
 /// BAR 0 layout. Each region sits in its own 4 KiB page so a driver may map them separately.
 const COMMON_OFFSET: u64 = 0x0000;
@@ -77,14 +79,16 @@ fn virtio_cap(cfg_type: u8, offset: u64, length: u64, extra: &[u8]) -> Vec<u8> {
 }
 
 impl VirtioPci {
-    /// Wraps `device` with its BAR at `bar_addr` (64-bit, [`BAR_SIZE`] bytes) and one MSI-X
-    /// vector per queue plus one for configuration changes, in `vectors`.
+    /// Wraps `device` with its BAR at `bar_addr` (64-bit, [`BAR_SIZE`] bytes), one MSI-X
+    /// vector per queue plus one for configuration changes in `vectors`, and INTx pin A on
+    /// `intx` for drivers that do not enable MSI-X.
     pub fn new(
         name: String,
         device: Box<dyn VirtioDevice>,
         mem: GuestMemory,
         bar_addr: u64,
         vectors: Vec<Arc<dyn MsiVector>>,
+        intx: Option<Arc<dyn IntxLine>>,
         spawner: Arc<dyn Spawner>,
     ) -> std::io::Result<Self> {
         let err = |e: String| std::io::Error::other(format!("{name}: {e}"));
@@ -98,7 +102,7 @@ impl VirtioPci {
             prog_if: 0,
             subsystem_vendor_id: VIRTIO_VENDOR_ID,
             subsystem_id: 0x40,
-            interrupt_pin: 0,
+            interrupt_pin: u8::from(intx.is_some()),
         });
         config
             .add_bar(
@@ -153,7 +157,7 @@ impl VirtioPci {
         Ok(VirtioPci {
             name,
             config,
-            interrupt: Arc::new(PciInterrupt::new(msix.clone(), queues)),
+            interrupt: Arc::new(PciInterrupt::new(msix.clone(), intx, queues)),
             device,
             common,
             msix,

@@ -7,7 +7,7 @@ use vm_memory::GuestAddress;
 
 use super::common::{STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK, STATUS_FEATURES_OK};
 use super::*;
-use crate::pci::{MsiMessage, MsiVector, PciDevice};
+use crate::pci::{IntxLine, MsiMessage, MsiVector, PciDevice};
 use crate::virtio::{ActivateError, VirtioWorker};
 
 const BAR_ADDR: u64 = 0x1_0000_0000;
@@ -18,6 +18,7 @@ struct Record {
     activations: AtomicUsize,
     resets: AtomicUsize,
     triggers: Mutex<Vec<usize>>,
+    intx: Mutex<Vec<bool>>,
     messages: Mutex<Vec<(usize, MsiMessage)>>,
 }
 
@@ -77,6 +78,14 @@ impl MsiVector for Vector {
     }
 }
 
+struct Line(Arc<Record>);
+
+impl IntxLine for Line {
+    fn set_level(&self, high: bool) {
+        self.0.intx.lock().unwrap().push(high);
+    }
+}
+
 struct Threads;
 
 struct Joined(std::thread::JoinHandle<()>);
@@ -113,6 +122,7 @@ fn device() -> (VirtioPci, Arc<Record>) {
         mem,
         BAR_ADDR,
         vectors,
+        Some(Arc::new(Line(rec.clone()))),
         Arc::new(Threads),
     )
     .unwrap();
@@ -353,4 +363,25 @@ fn the_pci_cfg_window_reaches_the_bar() {
     // A window past the BAR reads as the plain register (zero), never out of bounds.
     d.write_config(at / 4 + 2, 0, &(BAR_SIZE as u32).to_le_bytes());
     assert_eq!(d.read_config(at / 4 + 4), 0);
+}
+
+#[test]
+fn without_msix_interrupts_use_intx_until_the_isr_is_read() {
+    let (mut d, rec) = device();
+    assert_eq!(d.read_config(0x3c / 4) >> 8 & 0xff, 1, "interrupt pin A");
+    d.write_config(1, 0, &[0x06, 0]);
+    let status = bring_up(&mut d, crate::virtio::COMMON_FEATURES);
+    assert_ne!(status & STATUS_DRIVER_OK, 0);
+    w(&mut d, NOTIFY_OFFSET, &0u16.to_le_bytes());
+    assert!(wait_for(|| rec.intx.lock().unwrap().contains(&true)));
+    assert!(
+        rec.triggers.lock().unwrap().is_empty(),
+        "no MSI-X vector fired"
+    );
+    assert_eq!(r(&mut d, ISR_OFFSET, 1), 1);
+    assert_eq!(
+        rec.intx.lock().unwrap().last(),
+        Some(&false),
+        "the ISR read lowered the line"
+    );
 }
