@@ -1,15 +1,18 @@
 #!/bin/bash
 # Fetch and build the guest assets berth's end-to-end tests (and scripts/boot-shell.sh) boot.
 #
-#   scripts/guest-assets.sh [--force] [x86_64]
+#   scripts/guest-assets.sh [--force] [x86_64|aarch64]
 #
-# On a Debian host with apt, downloads (without installing) the current linux-image-cloud-amd64
-# kernel package and busybox-static, and builds in ${BERTH_ASSETS:-$HOME/.cache/berth}/x86_64/:
-#   bzImage            the package's vmlinuz
-#   vmlinux            the ELF kernel extracted from bzImage (what scripts/extract-vmlinux does)
+# On a Debian host with apt, downloads (without installing) the current kernel package
+# (x86_64: linux-image-cloud-amd64; aarch64: linux-image-arm64:arm64) and busybox-static (of
+# the guest's architecture), and builds in ${BERTH_ASSETS:-$HOME/.cache/berth}/<arch>/:
+#   bzImage            x86_64: the package's vmlinuz
+#   vmlinux            x86_64: the ELF kernel extracted from bzImage (what scripts/extract-vmlinux does)
+#   Image, Image.gz    aarch64: the package's vmlinuz (a plain arm64 Image), and gzip'd
 #   initramfs.cpio.gz  guest initramfs: busybox, virtio modules + modules.dep, /init (see below)
 #   host-modules/      irqbypass.ko kvm.ko kvm-amd.ko kvm-intel.ko tun.ko loop.ko: loaded by the
-#                      emulated host (L1) that gives the tests a real /dev/kvm (loop: bench/disk.sh)
+#                      emulated host (L1) that gives the tests a real /dev/kvm (loop: bench/disk.sh);
+#                      aarch64: tun.ko loop.ko (its KVM is built in)
 #   busybox            the static busybox (also used for the emulated host's initramfs)
 #   kernel-version     e.g. 6.1.0-56-cloud-amd64
 #   modules/           the whole modules tree of the package (lib/modules/<ver>), for later use
@@ -32,9 +35,9 @@ for a in "$@"; do
   case "$a" in
     --force) FORCE=1 ;;
     x86_64|amd64) ARCH=x86_64 ;;
-    aarch64|arm64) echo "guest-assets: aarch64 assets are not implemented yet" >&2; exit 2 ;;
+    aarch64|arm64) ARCH=aarch64 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) echo "guest-assets: unknown argument '$a' (usage: $0 [--force] [x86_64])" >&2; exit 2 ;;
+    *) echo "guest-assets: unknown argument '$a' (usage: $0 [--force] [x86_64|aarch64])" >&2; exit 2 ;;
   esac
 done
 
@@ -43,14 +46,27 @@ die() { echo "guest-assets: error: $*" >&2; exit 1; }
 
 BASE=${BERTH_ASSETS:-${HOME:?HOME is not set; set BERTH_ASSETS}/.cache/berth}
 OUT=$BASE/$ARCH
-KPKG_META=linux-image-cloud-amd64
-# Modules the guest initramfs carries (their dependencies are added): .ko names in the package.
+# Modules the guest initramfs carries (their dependencies are added): .ko names in the package;
+# those the kernel has built in are skipped.
 GUEST_MODULES="virtio virtio_ring virtio_pci virtio_pci_modern_dev virtio_pci_legacy_dev
   virtio_mmio virtio_blk virtio_net virtio_console virtio-rng virtio_balloon vsock
-  vmw_vsock_virtio_transport vmw_vsock_virtio_transport_common virtiofs fuse
-  pvpanic pvpanic-mmio"
-HOST_MODULES="virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko
-  arch/x86/kvm/kvm-intel.ko drivers/net/tun.ko drivers/block/loop.ko"
+  vmw_vsock_virtio_transport vmw_vsock_virtio_transport_common virtiofs fuse"
+case $ARCH in
+  x86_64)
+    KPKG_META=linux-image-cloud-amd64
+    BB_PKG=busybox-static
+    GUEST_MODULES="$GUEST_MODULES pvpanic pvpanic-mmio"
+    HOST_MODULES="virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko
+      arch/x86/kvm/kvm-intel.ko drivers/net/tun.ko drivers/block/loop.ko"
+    KERNEL_FILES="bzImage vmlinux" ;;
+  aarch64)
+    # Foreign-architecture packages are downloaded, never installed (busybox-static:arm64
+    # would replace the host's busybox).
+    KPKG_META=linux-image-arm64:arm64
+    BB_PKG=busybox-static:arm64
+    HOST_MODULES="drivers/net/tun.ko drivers/block/loop.ko"
+    KERNEL_FILES="Image Image.gz" ;;
+esac
 
 SUDO=
 [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -74,6 +90,11 @@ export PATH=$PATH:/usr/sbin:/sbin
 
 command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null ||
   die "this script needs a Debian host with apt (apt-get, apt-cache, dpkg-deb)"
+if [ "$ARCH" = aarch64 ] && ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  say "adding the arm64 package architecture (to download arm64 packages)"
+  $SUDO dpkg --add-architecture arm64
+  apt_update
+fi
 
 # Resolve the current kernel package (the ABI name changes with security updates).
 resolve_kpkg() {
@@ -94,10 +115,11 @@ WANT_STAMP="$SCRIPT_SUM $KPKG"
 
 check_assets() {
   local f
-  for f in bzImage vmlinux initramfs.cpio.gz busybox kernel-version \
-      host-modules/irqbypass.ko host-modules/kvm.ko host-modules/kvm-amd.ko \
-      host-modules/kvm-intel.ko; do
+  for f in $KERNEL_FILES initramfs.cpio.gz busybox kernel-version; do
     [ -s "$OUT/$f" ] || return 1
+  done
+  for f in $HOST_MODULES; do
+    [ -s "$OUT/host-modules/$(basename "$f")" ] || return 1
   done
 }
 print_assets() {
@@ -121,14 +143,14 @@ WORK=$(mktemp -d "$BASE/.work-$ARCH.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
 
-say "downloading $KPKG and busybox-static"
+say "downloading $KPKG and $BB_PKG"
 # apt-get download as root warns that _apt cannot write to the directory: harmless.
-if ! apt-get download "$KPKG" busybox-static >download.log 2>&1; then
+if ! apt-get download "$KPKG" "$BB_PKG" >download.log 2>&1; then
   apt_update
-  apt-get download "$KPKG" busybox-static >download.log 2>&1 ||
-    { cat download.log >&2; die "apt-get download $KPKG busybox-static failed"; }
+  apt-get download "$KPKG" "$BB_PKG" >download.log 2>&1 ||
+    { cat download.log >&2; die "apt-get download $KPKG $BB_PKG failed"; }
 fi
-KDEB=$(ls "$KPKG"_*.deb); BDEB=$(ls busybox-static_*.deb)
+KDEB=$(ls "${KPKG%%:*}"_*.deb); BDEB=$(ls busybox-static_*.deb)
 dpkg-deb -x "$KDEB" k
 dpkg-deb -x "$BDEB" b
 [ -x b/bin/busybox ] || die "busybox-static has no bin/busybox"
@@ -139,6 +161,7 @@ VMLINUZ=k/boot/vmlinuz-$KVER
 [ -f "$VMLINUZ" ] || die "$KDEB has no boot/vmlinuz-$KVER"
 MODS=k/lib/modules/$KVER
 
+if [ "$ARCH" = x86_64 ]; then
 # --- vmlinux: the ELF kernel inside the bzImage -------------------------------------------------
 # The x86 boot protocol (>= 2.08) gives the compressed payload's place in the setup header:
 # setup_sects (0x1f1), payload_offset (0x248) and payload_length (0x24c). The payload is the
@@ -177,13 +200,24 @@ fi
 file -b vmlinux | grep -q '^ELF 64-bit LSB executable, x86-64' ||
   die "the extracted vmlinux is not an ELF 64-bit executable: $(file -b vmlinux)"
 say "vmlinux: $COMP-compressed payload, $(stat -c %s vmlinux) bytes, $(file -b vmlinux | cut -d, -f1-2)"
+else
+# --- aarch64: vmlinuz is a plain Image; berth also takes it gzip'd ------------------------------
+[ "$(dd if="$VMLINUZ" bs=1 skip=56 count=4 2>/dev/null | od -An -tx1 | tr -d ' \n')" = 41524d64 ] ||
+  die "$VMLINUZ is not an arm64 Image"
+COMP=none
+gzip -9 -n -c "$VMLINUZ" > Image.gz
+fi
 
 # --- modules ---------------------------------------------------------------------------------------
 # find_mod NAME: the path (relative to $MODS) of NAME.ko, '-' and '_' being the same.
 find_mod() {
   local n=$1 p
   p=$(cd "$MODS" && find kernel \( -name "$n.ko" -o -name "${n//-/_}.ko" -o -name "${n//_/-}.ko" \) -print -quit)
-  [ -n "$p" ] || die "module $n is not in $KPKG"
+  if [ -z "$p" ]; then
+    # Built into this kernel: nothing to carry.
+    grep -qE "/(${n}|${n//-/_}|${n//_/-})\.ko\$" "$MODS/modules.builtin" && return 0
+    die "module $n is not in $KPKG"
+  fi
   echo "$p"
 }
 declare -A SEEN=()
@@ -191,6 +225,7 @@ WANTED=()
 add_mod() {
   local p dep
   p=$(find_mod "$1")
+  [ -z "$p" ] && return 0
   [ -n "${SEEN[$p]:-}" ] && return 0
   SEEN[$p]=1
   for dep in $(modinfo -F depends "$MODS/$p" | tr , ' '); do add_mod "$dep"; done
@@ -270,8 +305,13 @@ chmod 755 $R/init
 # --- install into the cache ------------------------------------------------------------------------
 STAGE=$WORK/out
 mkdir -p "$STAGE/host-modules"
-cp "$VMLINUZ" "$STAGE/bzImage"
-mv vmlinux "$STAGE/vmlinux"
+if [ "$ARCH" = x86_64 ]; then
+  cp "$VMLINUZ" "$STAGE/bzImage"
+  mv vmlinux "$STAGE/vmlinux"
+else
+  cp "$VMLINUZ" "$STAGE/Image"
+  mv Image.gz "$STAGE/Image.gz"
+fi
 mv initramfs.cpio.gz "$STAGE/initramfs.cpio.gz"
 cp b/bin/busybox "$STAGE/busybox"
 for p in $HOST_MODULES; do cp "$MODS/kernel/$p" "$STAGE/host-modules/"; done
