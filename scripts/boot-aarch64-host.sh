@@ -83,8 +83,8 @@ for gic in $GICS; do
   log=$W/gic$gic.log
   case $gic in
   3)
-    run_host 3 "eval berth $BOOT --kernel /l2/Image --disk path=/tmp/disk.img
-eval berth $BOOT --kernel /l2/Image.gz --disk path=/tmp/disk.img" "$log"
+    run_host 3 "berth $BOOT --kernel /l2/Image --disk path=/tmp/disk.img
+berth $BOOT --kernel /l2/Image.gz --disk path=/tmp/disk.img" "$log"
     check "$log" 2 "=== L2 SHELL MARKER"
     check "$log" 2 "2 cpus"
     check "$log" 2 "=== L2 DISK: berth disk marker"
@@ -93,7 +93,7 @@ eval berth $BOOT --kernel /l2/Image.gz --disk path=/tmp/disk.img" "$log"
     check "$log" 2 "guest boot time:"
     ;;
   2)
-    run_host 2 "eval berth $BOOT --kernel /l2/Image --disk path=/tmp/disk.img" "$log"
+    run_host 2 "berth $BOOT --kernel /l2/Image --disk path=/tmp/disk.img" "$log"
     check "$log" 1 "=== L2 SHELL MARKER"
     check "$log" 1 "2 cpus"
     check "$log" 1 "cannot provide a GICv3 (.*); using a GICv2"

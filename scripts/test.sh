@@ -4,10 +4,12 @@
 #   scripts/test.sh                     everything (cargo test --workspace --release)
 #   scripts/test.sh -p berth-tests --test boot_x86_64 [-- filter]   some of it
 #
-# 1. installs what is missing (Debian: qemu-system-x86, cpio, kmod, file, lz4, e2fsprogs, acpica-tools), checking with
-#    `command -v` first, so a machine that has them is not slowed down;
-# 2. fetches the guest assets (scripts/guest-assets.sh; cached in ~/.cache/berth);
-# 3. builds berth in release mode and points BERTH_BIN at it;
+# 1. installs what is missing (Debian: qemu-system-x86, qemu-system-arm, cpio, kmod, file, lz4, e2fsprogs,
+#    acpica-tools), checking with `command -v` first, so a machine that has them is not slowed down;
+# 2. fetches the guest assets (scripts/guest-assets.sh; cached in ~/.cache/berth), x86_64 and
+#    aarch64;
+# 3. builds berth in release mode and points BERTH_BIN at it; builds the aarch64 berth
+#    (scripts/build-aarch64.sh, Debian's cross toolchain) and points BERTH_BIN_AARCH64 at it;
 # 4. runs cargo test in release mode (so that build serves both). End-to-end runs are
 #    serialized by the harness itself (one guest at a time, whatever the test threads).
 # Environment: BERTH_E2E_MODE=native|emulated|skip, BERTH_E2E_VERBOSE=1, BERTH_ASSETS, see
@@ -25,6 +27,7 @@ if [ "${BERTH_E2E_MODE:-}" != skip ]; then
   case "$(uname -m)" in
     x86_64) have qemu-system-x86_64 || missing+=(qemu-system-x86) ;;
   esac
+  have qemu-system-aarch64 || missing+=(qemu-system-arm)
   have cpio || missing+=(cpio)
   have depmod || missing+=(kmod)
   have file || missing+=(file)
@@ -43,6 +46,11 @@ fi
 
 if [ "${BERTH_E2E_MODE:-}" != skip ]; then
   scripts/guest-assets.sh x86_64 >/dev/null
+  scripts/guest-assets.sh aarch64 >/dev/null
+  say "scripts/build-aarch64.sh build"
+  BERTH_BIN_AARCH64=$(scripts/build-aarch64.sh build | tail -1)
+  export BERTH_BIN_AARCH64
+  say "BERTH_BIN_AARCH64=$BERTH_BIN_AARCH64"
 fi
 
 say "cargo build --release -p berth"

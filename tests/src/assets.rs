@@ -9,9 +9,10 @@ pub struct Assets {
     pub arch: Arch,
     /// `<cache>/<arch>`.
     pub dir: PathBuf,
-    /// The Debian kernel as shipped (x86_64: a bzImage).
+    /// The Debian kernel as shipped (x86_64: a bzImage; aarch64: a plain Image).
     pub bzimage: PathBuf,
-    /// The same kernel as an ELF vmlinux (x86_64: extracted from the bzImage; it has a PVH note).
+    /// The same kernel in its other form (x86_64: the ELF vmlinux extracted from the bzImage,
+    /// with a PVH note; aarch64: the Image gzip'd).
     pub vmlinux: PathBuf,
     /// The base guest initramfs (busybox, virtio modules, the test-running `/init`).
     pub initramfs: PathBuf,
@@ -44,10 +45,14 @@ impl Assets {
                 arch.name()
             )
         };
+        let (shipped, other) = match arch {
+            Arch::X86_64 => ("bzImage", "vmlinux"),
+            Arch::Aarch64 => ("Image", "Image.gz"),
+        };
         let a = Assets {
             arch,
-            bzimage: dir.join("bzImage"),
-            vmlinux: dir.join("vmlinux"),
+            bzimage: dir.join(shipped),
+            vmlinux: dir.join(other),
             initramfs: dir.join("initramfs.cpio.gz"),
             busybox: dir.join("busybox"),
             host_modules: dir.join("host-modules"),

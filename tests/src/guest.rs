@@ -17,12 +17,16 @@ use std::time::Duration;
 pub const DEFAULT_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 
+/// [`DEFAULT_CMDLINE`] for aarch64 guests: no i8042 to tame; PSCI resets.
+pub const DEFAULT_CMDLINE_AARCH64: &str = "console=ttyS0 panic=1 quiet";
+
 /// Which kernel to boot.
 #[derive(Clone, Debug)]
 pub enum Kernel {
-    /// The assets' Debian kernel as shipped (x86_64: bzImage).
+    /// The assets' Debian kernel as shipped (x86_64: bzImage; aarch64: Image).
     BzImage,
-    /// The same kernel as an ELF vmlinux (PVH entry on x86_64).
+    /// The same kernel in its other form (x86_64: the ELF vmlinux, PVH entry; aarch64: the
+    /// Image gzip'd).
     ElfVmlinux,
     /// Any kernel file of this machine.
     Path(PathBuf),
@@ -82,6 +86,8 @@ pub struct GuestRun {
     pub timeout: Duration,
     /// RAM of the emulated host in MiB (default 3072): raise it for big guests.
     pub host_memory_mib: u32,
+    /// Extra arguments for the emulated host's QEMU ([`GuestRun::host_qemu_args`]).
+    pub host_qemu_args: Vec<String>,
 }
 
 impl GuestRun {
@@ -103,11 +109,27 @@ impl GuestRun {
             stdin: None,
             timeout: Duration::from_secs(300),
             host_memory_mib: 3072,
+            host_qemu_args: Vec::new(),
         }
     }
 
+    /// The guest's architecture; an untouched default command line follows it.
     pub fn arch(mut self, arch: Arch) -> Self {
+        if self.cmdline == DEFAULT_CMDLINE || self.cmdline == DEFAULT_CMDLINE_AARCH64 {
+            self.cmdline = match arch {
+                Arch::X86_64 => DEFAULT_CMDLINE,
+                Arch::Aarch64 => DEFAULT_CMDLINE_AARCH64,
+            }
+            .to_string();
+        }
         self.arch = arch;
+        self
+    }
+
+    /// Extra arguments for the emulated host's QEMU (e.g. `-M gic-version=2`, which QEMU
+    /// merges into the machine options); ignored when berth runs natively.
+    pub fn host_qemu_args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, a: I) -> Self {
+        self.host_qemu_args.extend(a.into_iter().map(Into::into));
         self
     }
 
@@ -202,7 +224,7 @@ impl GuestRun {
     /// berth's own failures, timeouts included, are in the [`Outcome`].
     pub fn run(&self) -> Option<Outcome> {
         let mode = crate::mode(self.arch)?;
-        let berth = crate::berth_bin().unwrap_or_else(|e| panic!("{e}"));
+        let berth = crate::berth_bin(self.arch).unwrap_or_else(|e| panic!("{e}"));
         for a in &self.berth_args {
             if matches!(a.as_str(), "--kernel" | "--initrd" | "--cmdline")
                 || a.starts_with("--kernel=")
@@ -361,6 +383,7 @@ impl GuestRun {
             .file(&kernel, format!("/guest/{kname}"))
             .timeout(self.timeout);
         host.memory_mib = self.host_memory_mib;
+        host.qemu_args.extend(self.host_qemu_args.iter().cloned());
         let mut argv: Vec<String> =
             vec!["run".into(), "--kernel".into(), format!("/guest/{kname}")];
         if let Some(i) = self.initrd_path(work.path()) {

@@ -49,6 +49,7 @@
 //! | variable | meaning |
 //! |---|---|
 //! | `BERTH_BIN` | the berth binary (default `<workspace>/target/release/berth`) |
+//! | `BERTH_BIN_AARCH64` | the aarch64 berth, for aarch64 guests (default `<workspace>/target/aarch64/aarch64-unknown-linux-gnu/release/berth`) |
 //! | `BERTH_ASSETS` | the asset cache (default `~/.cache/berth`), filled by `scripts/guest-assets.sh` |
 //! | `BERTH_E2E_MODE` | `native`, `emulated` or `skip` (default: native when possible) |
 //! | `BERTH_E2E_VERBOSE` | `1`: echo berth's / QEMU's output live and print every outcome |
@@ -76,8 +77,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Arch {
     X86_64,
-    /// Not implemented yet: the pieces are parameterised by it (see
-    /// `/work/shared/notes/aarch64-kvm-recipe.sh` for the emulated host that will serve it).
+    /// Runs natively on an aarch64 KVM host, else in the emulated aarch64 host (QEMU TCG,
+    /// `-M virt,virtualization=on`, KVM at EL2).
     Aarch64,
 }
 
@@ -195,29 +196,47 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The berth binary: `$BERTH_BIN`, else `<workspace>/target/release/berth`.
-pub fn berth_bin() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("BERTH_BIN") {
-        let p = PathBuf::from(p);
-        if !p.is_absolute() {
-            return Err(format!(
-                "BERTH_BIN={} must be an absolute path",
-                p.display()
-            ));
+/// The berth binary for `arch`: `$BERTH_BIN_<ARCH>` (e.g. `BERTH_BIN_AARCH64`), or for this
+/// host's architecture `$BERTH_BIN`, else the build's output: `<workspace>/target/release/berth`
+/// for this host, `<workspace>/target/<arch>/<arch>-unknown-linux-gnu/release/berth` (what
+/// `scripts/build-aarch64.sh` makes) for another.
+pub fn berth_bin(arch: Arch) -> Result<PathBuf, String> {
+    let vars = [
+        format!("BERTH_BIN_{}", arch.name().to_uppercase()),
+        "BERTH_BIN".to_string(),
+    ];
+    let native = arch == Arch::this_host();
+    for var in vars.iter().take(if native { 2 } else { 1 }) {
+        if let Some(p) = std::env::var_os(var) {
+            let p = PathBuf::from(p);
+            if !p.is_absolute() {
+                return Err(format!("{var}={} must be an absolute path", p.display()));
+            }
+            if !p.is_file() {
+                return Err(format!("{var}={}: no such file", p.display()));
+            }
+            return Ok(p);
         }
-        if !p.is_file() {
-            return Err(format!("BERTH_BIN={}: no such file", p.display()));
-        }
-        return Ok(p);
     }
-    let p = workspace_root().join("target/release/berth");
+    let (p, how) = if native {
+        (
+            workspace_root().join("target/release/berth"),
+            "run scripts/test.sh (or `cargo build --release -p berth`)".to_string(),
+        )
+    } else {
+        let a = arch.name();
+        (
+            workspace_root().join(format!("target/{a}/{a}-unknown-linux-gnu/release/berth")),
+            format!("run scripts/build-{a}.sh"),
+        )
+    };
     if p.is_file() {
         Ok(p)
     } else {
         Err(format!(
-            "no berth binary at {}: run scripts/test.sh (or `cargo build --release -p berth`), \
-             or set BERTH_BIN to an absolute path",
-            p.display()
+            "no berth binary at {}: {how}, or set {} to an absolute path",
+            p.display(),
+            vars[0]
         ))
     }
 }
