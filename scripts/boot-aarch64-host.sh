@@ -88,7 +88,7 @@ berth $BOOT --kernel /l2/Image.gz --disk path=/tmp/disk.img" "$log"
     check "$log" 2 "=== L2 SHELL MARKER"
     check "$log" 2 "2 cpus"
     check "$log" 2 "=== L2 DISK: berth disk marker"
-    check "$log" 2 "ITS@"
+    check "$log" 2 "ITS@.*Devices"
     check "$log" 2 "=== L1 berth rc=0 "
     check "$log" 2 "guest boot time:"
     ;;
