@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Turns the RESULT/RSS lines of bench/boot.sh's log into a table of medians (ms); with
---disk, the RESULT lines of bench/disk.sh's log into a guest/host table."""
+--disk, the RESULT lines of bench/disk.sh's log into a host / berth / QEMU table."""
 import re
 import statistics
 import sys
@@ -9,25 +9,32 @@ import sys
 def disk(path):
     res = {}
     for line in open(path, errors="replace"):
-        if line.startswith(("FIOFAIL ", "NOGUEST ")):
+        if line.startswith(("FIOFAIL ", "NOGUEST ")) or line.startswith("BENCH-QEMU-OPTS -"):
             print(f"# {line.strip()}")
         m = re.match(r"RESULT (\w+) (\w+) bw_kib=(\d+) iops=(\d+)", line)
         if m:
-            res[(m[1], m[2])] = (int(m[3]), int(m[4]))
-    print("fio --direct=1, libaio: guest = berth virtio-blk on /dev/vda, host = loop device")
-    print(f"{'job':34} {'host':>10} {'guest':>10} {'guest/host':>10}")
+            where = "berth" if m[1] == "guest" else m[1]  # logs before the QEMU column
+            res[(where, m[2])] = (int(m[3]), int(m[4]))
+    print("fio --direct=1, libaio: host = loop device in the emulated host; berth, qemu = the same")
+    print("guest on virtio-blk-pci (/dev/vda) under berth and under QEMU -M microvm,pcie=on")
+    cols = ("host", "berth", "qemu")
+    print(f"{'job':38}" + "".join(f"{c:>10}" for c in cols) + f"{'berth/host':>11}{'berth/qemu':>11}")
     for job, what in (
         ("seqwrite", "sequential write 1 MiB, QD16 (MiB/s)"),
         ("seqread", "sequential read 1 MiB, QD16 (MiB/s)"),
         ("randread", "random read 4 KiB, QD32 (IOPS)"),
     ):
-        vals = []
-        for where in ("host", "guest"):
+        vals = {}
+        for where in cols:
             r = res.get((where, job))
-            vals.append(None if r is None else (r[0] / 1024 if job != "randread" else r[1]))
-        cells = [f"{v:10.1f}" if v is not None else f"{'-':>10}" for v in vals]
-        ratio = f"{vals[1] / vals[0]:10.2f}" if None not in vals and vals[0] else f"{'':>10}"
-        print(f"{what:34} {cells[0]} {cells[1]} {ratio}")
+            vals[where] = None if r is None else (r[0] / 1024 if job != "randread" else r[1])
+        cells = "".join(f"{v:10.1f}" if v is not None else f"{'-':>10}" for v in vals.values())
+
+        def ratio(a, b):
+            ok = vals[a] is not None and vals[b]
+            return f"{vals[a] / vals[b]:11.2f}" if ok else f"{'-':>11}"
+
+        print(f"{what:38}{cells}{ratio('berth', 'host')}{ratio('berth', 'qemu')}")
 
 
 if len(sys.argv) > 2 and sys.argv[1] == "--disk":
