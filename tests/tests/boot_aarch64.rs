@@ -5,13 +5,17 @@
 
 use berth_tests::{assets, Arch, GuestRun, Kernel, Outcome};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 const DISK_MARKER: &[u8] = b"berth-aarch64-disk";
 
-/// A 1 MiB raw disk that starts with [`DISK_MARKER`].
+/// A 1 MiB raw disk that starts with [`DISK_MARKER`], in a directory of its own: the tests of
+/// this file run in parallel in one process, and each removes its directory when done.
 fn disk() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("berth-aarch64-{}", std::process::id()));
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("berth-aarch64-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("disk.img");
     let mut data = vec![0u8; 1 << 20];
