@@ -71,30 +71,31 @@ pub struct RngWorker {
 
 impl RngWorker {
     /// Answers every request the driver has made available.
+    #[cfg(test)]
     fn process(&mut self) {
-        let RngWorker {
-            mem,
-            queue,
-            interrupt,
-            buf,
-            ..
-        } = self;
-        queue_util::serve(mem, queue, 0, &**interrupt, |chain| {
-            Some(fill(mem, chain, buf))
-        });
+        serve(&self.mem, &mut self.queue, &*self.interrupt, &mut self.buf);
     }
 }
 
+/// Answers every request the driver has made available.
+fn serve(mem: &GuestMemory, queue: &mut Queue, interrupt: &dyn VirtioInterrupt, buf: &mut [u8]) {
+    queue_util::serve(mem, queue, 0, interrupt, |chain| {
+        Some(fill(mem, chain, buf))
+    });
+}
+
 impl VirtioWorker for RngWorker {
-    fn run(mut self: Box<Self>, stop: EventFd) {
-        let kick = match self.kick.try_clone() {
-            Ok(k) => k,
-            Err(e) => {
-                log::error!("virtio-rng worker: {e}");
-                return;
-            }
-        };
-        run_one_queue("virtio-rng", &kick, &stop, || self.process());
+    fn run(self: Box<Self>, stop: EventFd) {
+        let RngWorker {
+            mem,
+            mut queue,
+            kick,
+            interrupt,
+            mut buf,
+        } = *self;
+        run_one_queue("virtio-rng", &kick, &stop, || {
+            serve(&mem, &mut queue, &*interrupt, &mut buf)
+        });
     }
 }
 
