@@ -30,9 +30,7 @@ say() { echo "bench: $*" >&2; }
 cargo build --release -p berth >&2
 BERTH=$PWD/target/release/berth
 scripts/guest-assets.sh x86_64 >&2
-command -v qemu-system-x86_64 >/dev/null && command -v cpio >/dev/null || {
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 cpio >/dev/null
-}
+scripts/host-deps.sh e2e-x86_64
 QEMU=$(command -v qemu-system-x86_64)
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/berth-bench.XXXXXX")

@@ -36,14 +36,7 @@ OUT=bench/results
 mkdir -p "$OUT"
 say() { echo "bench: $*" >&2; }
 
-missing=()
-command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
-command -v cpio >/dev/null || missing+=(cpio)
-command -v fio >/dev/null || missing+=(fio)
-if [ ${#missing[@]} -gt 0 ]; then
-  say "installing ${missing[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+scripts/host-deps.sh e2e-x86_64 bench-disk
 if [ -n "${BERTH_BIN:-}" ]; then
   BERTH=$BERTH_BIN
 else

@@ -5,7 +5,7 @@
 #   modules/     its modules tree (virtio drivers for the guest)
 #   busybox      static arm64 busybox (downloaded, not installed: it would replace the host's)
 #   qemu/        with `qemu`: arm64 qemu-system-aarch64 and its libraries, for the comparison
-# Installs qemu-system-arm (the emulator of the host) when missing. Until scripts/guest-assets.sh
+# Installs qemu-system-arm (the emulator of the host) when missing (scripts/host-deps.sh). Until scripts/guest-assets.sh
 # learns aarch64, this is where the aarch64 runs get their files.
 set -euo pipefail
 WANT_QEMU=${1:-}
@@ -14,10 +14,7 @@ say() { echo "aarch64-host-assets: $*" >&2; }
 export DEBIAN_FRONTEND=noninteractive
 mkdir -p "$OUT/debs"
 dpkg --print-foreign-architectures | grep -qx arm64 || { dpkg --add-architecture arm64; apt-get update -qq; }
-for p in qemu-system-arm cpio gzip binutils-aarch64-linux-gnu; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||
-    { say "installing $p"; apt-get install -y -qq --no-install-recommends "$p" >/dev/null; }
-done
+"$(dirname "$0")/host-deps.sh" aarch64-host
 KPKG=$(apt-cache depends linux-image-arm64:arm64 | awk '/Depends: linux-image-/{print $2; exit}')
 [ -n "$KPKG" ] || { apt-get update -qq; KPKG=$(apt-cache depends linux-image-arm64:arm64 | awk '/Depends: linux-image-/{print $2; exit}'); }
 cd "$OUT/debs"

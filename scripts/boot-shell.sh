@@ -29,10 +29,7 @@ if hardware_kvm && [ "${BERTH_E2E_MODE:-}" != emulated ]; then
     --cmdline "$CMDLINE" "$@"
 fi
 
-command -v qemu-system-x86_64 >/dev/null && command -v cpio >/dev/null || {
-  say "installing qemu-system-x86 and cpio for the emulated host"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 cpio >/dev/null
-}
+scripts/host-deps.sh e2e-x86_64
 say "this host's /dev/kvm cannot boot Linux (missing, or a software KVM):"
 say "running berth inside an emulated x86_64 host with real KVM (QEMU TCG); expect about a minute"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/berth-shell.XXXXXX")
@@ -44,7 +41,9 @@ cp "$ASSETS"/host-modules/{irqbypass,kvm,kvm-amd,kvm-intel}.ko "$R/mods/"
 cp "$BERTH" "$R/bin/berth"
 for lib in $(ldd "$BERTH" | grep -o '/lib[^ ]*'); do cp -L "$lib" "$R$lib"; done
 cp "$ASSETS/bzImage" "$ASSETS/initramfs.cpio.gz" "$R/guest/"
-ARGS=$(printf ' %q' "$@")
+# The extra options, quoted for the emulated host's shell (none: nothing, not an empty word).
+ARGS=
+[ $# -eq 0 ] || ARGS=$(printf ' %q' "$@")
 cat > "$R/init" <<EOS
 #!/bin/busybox sh
 /bin/busybox --install -s /bin

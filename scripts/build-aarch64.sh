@@ -16,24 +16,11 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODE=${1:-build}
 TARGET=aarch64-unknown-linux-gnu
 
-ensure_packages() {
-    local pkgs=(rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu
-                libc6-dev-arm64-cross)
-    [ "$MODE" = clippy ] && pkgs+=(rust-web-clippy)
-    [ "$MODE" = test ] && pkgs+=(qemu-user-static device-tree-compiler)
-    local missing=()
-    for p in "${pkgs[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-    done
-    [ ${#missing[@]} -eq 0 ] && return
-    echo "build-aarch64: installing ${missing[*]}" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
-
-ensure_packages
+case "$MODE" in
+clippy) "$ROOT/scripts/host-deps.sh" cross-clippy ;;
+test) "$ROOT/scripts/host-deps.sh" cross-test ;;
+*) "$ROOT/scripts/host-deps.sh" cross ;;
+esac
 cd "$ROOT"
 # Debian's cargo and rustc (and cargo-clippy / clippy-driver) first in PATH: rustup's rustc has
 # no aarch64 std here.

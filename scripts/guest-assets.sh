@@ -78,13 +78,11 @@ apt_update() {
   $SUDO apt-get update -qq >/dev/null || die "apt-get update failed"
   APT_UPDATED=1
 }
-# need COMMAND PACKAGE: install a host tool (only tools) when it is missing.
+# need COMMAND PACKAGE: a host tool, installed through scripts/host-deps.sh when it is missing.
+HOSTDEPS=$(cd "$(dirname "$0")" && pwd)/host-deps.sh
 need() {
   command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ] && return 0
-  command -v apt-get >/dev/null || die "'$1' is missing (install package $2)"
-  apt_update
-  say "installing $2 (for $1)"
-  $SUDO apt-get install -y -qq "$2" >/dev/null || die "could not install $2"
+  "$HOSTDEPS" "$2" || exit 1
 }
 export PATH=$PATH:/usr/sbin:/sbin
 
@@ -132,11 +130,7 @@ if [ "$FORCE" = 0 ] && [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$WANT_S
   exit 0
 fi
 
-need cpio cpio
-need gzip gzip
-need file file
-need depmod kmod
-need modinfo kmod
+"$HOSTDEPS" assets || exit 1
 
 mkdir -p "$OUT"
 WORK=$(mktemp -d "$BASE/.work-$ARCH.XXXXXX")

@@ -4,8 +4,9 @@
 #   scripts/test.sh                     everything (cargo test --workspace --release)
 #   scripts/test.sh -p berth-tests --test boot_x86_64 [-- filter]   some of it
 #
-# 1. installs what is missing (Debian: qemu-system-x86, qemu-system-arm, cpio, kmod, file, lz4, e2fsprogs,
-#    acpica-tools), checking with `command -v` first, so a machine that has them is not slowed down;
+# 1. installs what is missing through scripts/host-deps.sh (Debian or Ubuntu: QEMU for x86_64 and
+#    aarch64 from the suite that agrees with any QEMU already installed, cpio, kmod, file, lz4,
+#    e2fsprogs, acpica-tools), quick when all is there;
 # 2. fetches the guest assets (scripts/guest-assets.sh; cached in ~/.cache/berth), x86_64 and
 #    aarch64;
 # 3. builds berth in release mode and points BERTH_BIN at it; builds the aarch64 berth
@@ -19,29 +20,12 @@ cd "$(dirname "$0")/.."
 say() { echo "test.sh: $*" >&2; }
 T0=$(date +%s)
 
-SUDO=
-[ "$(id -u)" = 0 ] || SUDO=sudo
-missing=()
-have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
-if [ "${BERTH_E2E_MODE:-}" != skip ]; then
-  case "$(uname -m)" in
-    x86_64) have qemu-system-x86_64 || missing+=(qemu-system-x86) ;;
-  esac
-  have qemu-system-aarch64 || missing+=(qemu-system-arm)
-  have cpio || missing+=(cpio)
-  have depmod || missing+=(kmod)
-  have file || missing+=(file)
-  have lz4 || missing+=(lz4)
-fi
-# ext4 images for the virtio-blk tests: mkfs.ext4 -d, fsck.ext4 -n, debugfs (the harness's unit
-# tests use them too, so also with BERTH_E2E_MODE=skip)
-{ have mkfs.ext4 && have fsck.ext4 && have debugfs; } || missing+=(e2fsprogs)
-have iasl || missing+=(acpica-tools) # arch's ACPI tests disassemble the tables with it
-if [ ${#missing[@]} -gt 0 ]; then
-  command -v apt-get >/dev/null || { say "missing: ${missing[*]} (install them; this script knows apt only)"; exit 1; }
-  say "installing ${missing[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+# ext4 tools and iasl for the unit tests (also with BERTH_E2E_MODE=skip); QEMU and the rest for
+# the emulated hosts. scripts/host-deps.sh knows the packages.
+if [ "${BERTH_E2E_MODE:-}" = skip ]; then
+  scripts/host-deps.sh unit
+else
+  scripts/host-deps.sh unit e2e assets
 fi
 
 if [ "${BERTH_E2E_MODE:-}" != skip ]; then

@@ -316,6 +316,7 @@ impl HostRun {
             ready_secs: p.ready,
             script_secs: p.seconds,
             wall: c.elapsed,
+            qemu_version: crate::emulator_version(&qemu),
             problem,
             work_dir: None,
         })
@@ -678,6 +679,8 @@ pub struct HostOutcome {
     pub script_secs: Option<f64>,
     /// QEMU's wall time.
     pub wall: Duration,
+    /// The first line of `qemu --version`.
+    pub qemu_version: String,
     /// A harness-level failure (QEMU killed or crashed, no /dev/kvm), if any.
     pub problem: Option<String>,
     pub(crate) work_dir: Option<WorkDir>,
@@ -738,6 +741,12 @@ impl fmt::Display for HostOutcome {
             self.script_secs,
             self.wall,
             self.problem.as_deref().map(|p| format!("\n=== problem: {p}")).unwrap_or_default()
+        )?;
+        writeln!(
+            f,
+            "=== {} (the emulated hosts were last proven with QEMU {})",
+            self.qemu_version,
+            crate::PROVEN_QEMU
         )?;
         writeln!(f, "=== script stdout ===\n{}", self.stdout)?;
         writeln!(f, "=== script stderr ===\n{}", self.stderr)?;

@@ -140,6 +140,26 @@ pub fn native_kvm(arch: Arch) -> Result<(), String> {
     Ok(())
 }
 
+/// The QEMU versions the emulated hosts were last proven with (every end-to-end test green):
+/// Debian 12's 7.2 and bookworm-backports' 10.0.2 (what scripts/host-deps.sh installs next to
+/// a preinstalled qemu-utils 10).
+pub const PROVEN_QEMU: &str = "10.0.2 and 7.2";
+
+/// The first line of `qemu --version` (e.g. "QEMU emulator version 10.0.2 (...)").
+pub fn emulator_version(qemu: &Path) -> String {
+    std::process::Command::new(qemu)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| format!("{} --version failed", qemu.display()))
+}
+
 /// The QEMU that emulates an `arch` host, if it is on PATH.
 pub fn emulator(arch: Arch) -> Option<PathBuf> {
     let name = format!("qemu-system-{}", arch.name());
