@@ -11,6 +11,7 @@
 #                 kmod, file, lz4, gzip
 #   e2e-x86_64    the x86_64 emulated host only (scripts/boot-shell.sh, bench/boot.sh)
 #   e2e-aarch64   the aarch64 emulated host only (scripts/aarch64-host-assets.sh)
+#   build         the C linker and libc headers Rust links with (gcc, libc6-dev)
 #   unit          what unit tests call: e2fsprogs (mkfs.ext4 -d, fsck, debugfs), acpica-tools (iasl)
 #   assets        what scripts/guest-assets.sh calls: cpio gzip file kmod lz4
 #   cross         Debian's Rust and the aarch64 cross linker (scripts/build-aarch64.sh)
@@ -18,7 +19,7 @@
 #   cross-test    cross, plus qemu-user-static and device-tree-compiler
 #   aarch64-host  aarch64 emulated-host assets: qemu-system-arm, binutils-aarch64-linux-gnu
 #   bench-disk    fio (bench/disk.sh)
-#   ci            everything .ci/run needs: e2e unit assets cross cross-clippy cross-test
+#   ci            everything .ci/run needs: build e2e unit assets cross cross-clippy cross-test
 #   PKG           any other word is taken as a Debian package name
 #
 # QEMU: the machines this project builds on come with qemu-utils 10 from bookworm-backports
@@ -43,6 +44,7 @@ group() {
     e2e) group e2e-aarch64; [ "$ARCH" = x86_64 ] && group e2e-x86_64; return 0 ;;
     e2e-x86_64) echo qemu-system-x86 cpio kmod file lz4 gzip ;;
     e2e-aarch64) echo qemu-system-arm cpio kmod file gzip ;;
+    build) echo gcc libc6-dev ;;
     unit) echo e2fsprogs acpica-tools ;;
     assets) echo cpio gzip file kmod lz4 ;;
     cross) cross_packages ;;
@@ -50,7 +52,7 @@ group() {
     cross-test) cross_packages; echo qemu-user-static device-tree-compiler ;;
     aarch64-host) echo qemu-system-arm cpio gzip binutils-aarch64-linux-gnu ;;
     bench-disk) echo fio ;;
-    ci) for g in e2e unit assets cross cross-clippy cross-test; do group $g; done ;;
+    ci) for g in build e2e unit assets cross cross-clippy cross-test; do group $g; done ;;
     -*) die "unknown option '$1' (see the head of $0)" ;;
     *) echo "$1" ;;
   esac

@@ -23,9 +23,9 @@ T0=$(date +%s)
 # ext4 tools and iasl for the unit tests (also with BERTH_E2E_MODE=skip); QEMU and the rest for
 # the emulated hosts. scripts/host-deps.sh knows the packages.
 if [ "${BERTH_E2E_MODE:-}" = skip ]; then
-  scripts/host-deps.sh unit
+  scripts/host-deps.sh build unit
 else
-  scripts/host-deps.sh unit e2e assets
+  scripts/host-deps.sh build unit e2e assets
 fi
 
 if [ "${BERTH_E2E_MODE:-}" != skip ]; then
