@@ -30,6 +30,13 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/aarch64}
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static"
 CARGO=/usr/bin/cargo
+# The workspace's rust-version; Debian 12 without bookworm-security has 1.85.
+NEED=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml")
+HAVE=$($RUSTC --version | awk '{print $2}')
+if ! printf '%s\n%s\n' "$NEED" "$HAVE" | sort -V -C; then
+    echo "build-aarch64: Debian's rustc is $HAVE, berth needs $NEED: enable the bookworm-security (or -updates) source and run apt-get upgrade" >&2
+    exit 1
+fi
 
 case "$MODE" in
 build)
