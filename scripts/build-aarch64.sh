@@ -34,7 +34,7 @@ CARGO=/usr/bin/cargo
 NEED=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml")
 HAVE=$($RUSTC --version | awk '{print $2}')
 if ! printf '%s\n%s\n' "$NEED" "$HAVE" | sort -V -C; then
-    echo "build-aarch64: Debian's rustc is $HAVE, berth needs $NEED: enable the bookworm-security (or -updates) source and run apt-get upgrade" >&2
+    echo "build-aarch64: Debian's rustc is $HAVE, berth needs $NEED: with bookworm-security enabled, run apt-get install rustc-web cargo-web libstd-rust-web-dev:arm64" >&2
     exit 1
 fi
 
