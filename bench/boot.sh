@@ -3,7 +3,7 @@
 #
 #   bench/boot.sh [RUNS]        (default 10 runs of each; prints a table, writes bench/results/)
 #   BENCH_PARTS="pairs scale rss" selects parts (default all three; "smp" runs both VMMs with
-#   BENCH_SMP vCPUs, default 32)
+#   BENCH_SMP vCPUs, default 32; "pages" runs berth with --hugepages thp and off alternately)
 #
 # Everything runs inside one emulated x86_64 host with real KVM (QEMU TCG, -cpu max, kvm-amd; see
 # docs/testing.md), so absolute times are those of a slow emulated machine: compare ratios.
@@ -70,10 +70,10 @@ up() { cut -d' ' -f1 /proc/uptime; }
 stamp() { : >/tmp/console; while IFS= read -r l; do echo "\$l" >>/tmp/console; case "\$l" in *BERTH-GUEST-INIT*) echo "MARK \$(up)";; RC\ *) echo "\$l";; esac; done; }
 # A run that never reached the guest's init shows why.
 explain() { grep -q MARK /tmp/mark || { tail -n 12 /tmp/console | sed 's/^/NOINIT console: /'; grep -v 'us after' /tmp/err 2>/dev/null | tail -n 5 | sed 's/^/NOINIT berth: /'; }; }
-berth_run() { # tag cpus initrd
+berth_run() { # tag cpus initrd [more berth options]
   s=\$(up)
   { /bin/berth -l debug run --kernel /guest/bzImage --initrd /guest/\$3.cpio.gz --cpus \$2 --memory 256 \
-    --cmdline "\$CMD" --boot-timer </dev/null 2>/tmp/err; echo; echo "RC \$?"; } | stamp >/tmp/mark
+    --cmdline "\$CMD" --boot-timer \${4:-} </dev/null 2>/tmp/err; echo; echo "RC \$?"; } | stamp >/tmp/mark
   e=\$(up)
   echo "RESULT \$1 cpus=\$2 rc=\$(sed -n 's/^RC //p' /tmp/mark) launch=\$s end=\$e \$(grep MARK /tmp/mark) \$(grep -o 'first vCPU entry [0-9]*' /tmp/err | tr ' ' _) \$(grep -o 'guest boot time: [0-9]*' /tmp/err | tr -d ' :') \$(grep -o 'exiting [0-9]*' /tmp/err | tr ' ' _)"
   explain
@@ -97,6 +97,8 @@ rss() { # pid label: resident KiB outside guest RAM (the memfd for berth, the 25
 echo "BENCH-START runs=$RUNS"
 PARTS="${BENCH_PARTS:-pairs scale rss}"
 case "\$PARTS" in *pairs*) for i in \$(seq $RUNS); do berth_run berth 1 timer; qemu_run; done;; esac
+# BENCH_PARTS=pages: guest RAM on transparent huge pages (the default) against 4 KiB pages.
+case "\$PARTS" in *pages*) for i in \$(seq $RUNS); do berth_run thp 1 timer "--hugepages thp"; berth_run 4k 1 timer "--hugepages off"; done;; esac
 case "\$PARTS" in *scale*) for c in 1 4 16; do for i in \$(seq $(( (RUNS + 1) / 2 ))); do berth_run scale \$c timer; done; done;; esac
 # BENCH_PARTS=smp: both VMMs with BENCH_SMP vCPUs (default 32), to tell berth's SMP bugs from
 # the emulated host's.

@@ -52,7 +52,7 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-runs = {"berth": [], "qemu": [], "scale": []}
+runs = {"berth": [], "qemu": [], "scale": [], "thp": [], "4k": []}
 rss = {}
 for line in open(sys.argv[1], errors="replace"):
     if line.startswith("RESULT "):
@@ -104,3 +104,14 @@ print("berth start -> guest init (boot timer) by vCPU count (ms):")
 for c in ("1", "4", "16"):
     xs = us([r for r in runs["scale"] if r.get("cpus") == c], "guestboottime")
     print(f"  {c:>2} vCPUs: median {med(xs):8.1f} over {len(xs)} boots")
+if runs["thp"] or runs["4k"]:
+    t, k = runs["thp"], runs["4k"]
+    print(f"guest RAM pages, berth --hugepages thp vs off, median of {len(t)} / {len(k)} boots (ms)")
+    print(f"{'':45} {'thp':>9} {'4 KiB':>9} {'4k/thp':>7}")
+    for name, tv, kv in (
+        ("berth start -> first vCPU entry", med(us(t, "first_vCPU_entry")), med(us(k, "first_vCPU_entry"))),
+        ("berth start -> guest init (boot timer)", med(us(t, "guestboottime")), med(us(k, "guestboottime"))),
+        ("launch -> init marker on console", med(mark(t)), med(mark(k))),
+        ("launch -> exit (wall, 10 ms steps)", med(wall(t)), med(wall(k))),
+    ):
+        print(f"{name:45} {tv:9.1f} {kv:9.1f} {kv / tv:7.2f}")

@@ -88,7 +88,16 @@ pub struct GuestRun {
     pub host_memory_mib: u32,
     /// Extra arguments for the emulated host's QEMU ([`GuestRun::host_qemu_args`]).
     pub host_qemu_args: Vec<String>,
+    /// A shell script run where berth runs (this machine, or the emulated host), beside it,
+    /// once the console shows a marker: (marker, script). See [`GuestRun::host_script`].
+    pub host_script: Option<(String, String)>,
+    /// A shell snippet run where berth runs, in `{scratch}`, before berth starts (with
+    /// `$BERTH` the berth binary there): e.g. a vhost-user backend started in the background.
+    pub before: Option<String>,
 }
+
+/// The file in `{scratch}` that holds a [`GuestRun::host_script`]'s output.
+pub const HOST_SCRIPT_OUT: &str = "host-script.out";
 
 impl GuestRun {
     /// An x86_64 run of `kernel` with the default initramfs and command line, no script and a
@@ -110,7 +119,29 @@ impl GuestRun {
             timeout: Duration::from_secs(300),
             host_memory_mib: 3072,
             host_qemu_args: Vec::new(),
+            host_script: None,
+            before: None,
         }
+    }
+
+    /// Runs `snippet` (POSIX sh) in `{scratch}` before berth starts, where berth runs; `$BERTH`
+    /// is the berth binary there and `{file:NAME}` / `{scratch}` are replaced as in the
+    /// arguments. What it starts in the background keeps running beside berth.
+    pub fn before(mut self, snippet: impl Into<String>) -> Self {
+        self.before = Some(snippet.into());
+        self
+    }
+
+    /// Runs `script` (POSIX sh; busybox in the emulated host) where berth runs, once the
+    /// console shows `after`, with `BERTH_PID` set to berth's pid and `{scratch}` as its
+    /// directory. Its stdout and stderr come back in `files[HOST_SCRIPT_OUT]`. It may look at
+    /// berth from outside (/proc), signal it or its children, and wait.
+    pub fn host_script(mut self, after: impl Into<String>, script: impl Into<String>) -> Self {
+        self.host_script = Some((after.into(), script.into()));
+        if !self.collect.iter().any(|c| c == HOST_SCRIPT_OUT) {
+            self.collect.push(HOST_SCRIPT_OUT.into());
+        }
+        self
     }
 
     /// The guest's architecture; an untouched default command line follows it.
@@ -306,6 +337,14 @@ impl GuestRun {
 
     /// `berth_args` with the placeholders replaced.
     fn resolved_args(&self, file_dir: Option<&str>, scratch: &str) -> Vec<String> {
+        self.berth_args
+            .iter()
+            .map(|a| self.resolve(a, file_dir, scratch))
+            .collect()
+    }
+
+    /// `text` with `{file:NAME}` and `{scratch}` replaced for where berth runs.
+    fn resolve(&self, text: &str, file_dir: Option<&str>, scratch: &str) -> String {
         let mut names = BTreeMap::new();
         for f in &self.files {
             let name = f
@@ -321,10 +360,7 @@ impl GuestRun {
                 panic!("GuestRun: two files are named {name}");
             }
         }
-        self.berth_args
-            .iter()
-            .map(|a| substitute(a, &names, scratch).unwrap_or_else(|e| panic!("GuestRun: {e}")))
-            .collect()
+        substitute(text, &names, scratch).unwrap_or_else(|e| panic!("GuestRun: {e}"))
     }
 
     fn run_native(&self, berth: &Path, work: WorkDir) -> Outcome {
@@ -338,17 +374,38 @@ impl GuestRun {
         }
         argv.extend(["--cmdline".into(), self.full_cmdline()]);
         argv.extend(self.resolved_args(None, &path_str(&scratch)));
+        if let Some(before) = &self.before {
+            let snippet = self.resolve(before, None, &path_str(&scratch));
+            let st = Command::new("sh")
+                .arg("-c")
+                .arg(&snippet)
+                .env("BERTH", berth)
+                .current_dir(&scratch)
+                .status()
+                .unwrap_or_else(|e| panic!("cannot run the before snippet: {e}"));
+            assert!(st.success(), "the before snippet failed ({st}): {snippet}");
+        }
         let mut cmd = Command::new(berth);
         cmd.args(&argv).current_dir(&scratch);
         let input = self.stdin.as_ref().map(|(after, data)| Input {
             after: after.clone(),
             data: data.clone(),
         });
+        let hook = self
+            .host_script
+            .as_ref()
+            .map(|(after, script)| process::Hook {
+                after: after.clone(),
+                script: script.clone(),
+                dir: scratch.clone(),
+                out: scratch.join(HOST_SCRIPT_OUT),
+            });
         let c = process::run_with_input(
             &mut cmd,
             self.timeout,
             env_flag("BERTH_E2E_VERBOSE"),
             input.as_ref(),
+            hook.as_ref(),
         )
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", berth.display()));
         let files = self
@@ -408,26 +465,48 @@ impl GuestRun {
         }
         let quoted: Vec<String> = argv.iter().map(|a| sh_quote(a)).collect();
         let berth_cmd = format!("/bin/berth {}", quoted.join(" "));
-        host.script = match &self.stdin {
-            None => format!("mkdir -p /scratch && cd /scratch && exec {berth_cmd}\n"),
-            Some((after, data)) => {
-                // berth's stdout goes on through tee (still a pipe, as without input) and is
-                // watched for the marker; the typing waits for it, like a person would.
-                host = host.bytes("/l1/stdin-data", data.clone(), 0o644);
-                format!(
-                    "mkdir -p /scratch && cd /scratch\n\
-                     mkfifo /tmp/berth-stdin\n\
-                     : >/tmp/berth-console\n\
-                     ( until grep -qF -- {after} /tmp/berth-console; do sleep 0.2; done\n\
-                     \x20 cat /l1/stdin-data ) >/tmp/berth-stdin 2>/dev/null &\n\
-                     FEED=$!\n\
-                     {{ {berth_cmd} </tmp/berth-stdin; echo $? >/tmp/berth-rc; }} | tee /tmp/berth-console\n\
-                     kill $FEED 2>/dev/null\n\
-                     exit \"$(cat /tmp/berth-rc)\"\n",
-                    after = sh_quote(after)
-                )
-            }
+        // berth runs in the background with its stdout through tee (still a pipe) to a file
+        // the typing and the host script watch for their markers, like a person would.
+        let stdin = match &self.stdin {
+            None => "/dev/null",
+            Some(_) => "/tmp/berth-stdin",
         };
+        let mut script = String::from(
+            "mkdir -p /scratch && cd /scratch\n\
+             : >/tmp/berth-console\n\
+             mkfifo /tmp/berth-stdin\n",
+        );
+        if let Some(before) = &self.before {
+            script.push_str("BERTH=/bin/berth\n");
+            script.push_str(&self.resolve(before, Some("/files"), "/scratch"));
+            script.push('\n');
+        }
+        if let Some((after, data)) = &self.stdin {
+            host = host.bytes("/l1/stdin-data", data.clone(), 0o644);
+            script.push_str(&format!(
+                "( until grep -qF -- {after} /tmp/berth-console; do sleep 0.2; done\n\
+                 \x20 cat /l1/stdin-data ) >/tmp/berth-stdin 2>/dev/null &\n\
+                 FEED=$!\n",
+                after = sh_quote(after)
+            ));
+        }
+        if let Some((after, hook)) = &self.host_script {
+            host = host.bytes("/l1/host-script", hook.clone().into_bytes(), 0o755);
+            script.push_str(&format!(
+                "( until grep -qF -- {after} /tmp/berth-console; do sleep 0.2; done\n\
+                 \x20 cd /scratch && BERTH_PID=$(cat /tmp/berth-pid) sh /l1/host-script >/scratch/{HOST_SCRIPT_OUT} 2>&1 ) &\n\
+                 HOOK=$!\n",
+                after = sh_quote(after)
+            ));
+        }
+        script.push_str(&format!(
+            "{{ {berth_cmd} <{stdin} & echo $! >/tmp/berth-pid; wait $!; echo $? >/tmp/berth-rc; }} | tee /tmp/berth-console\n\
+             kill $FEED 2>/dev/null\n\
+             # The host script may still be finishing (it may wait for berth to go).\n\
+             [ -n \"$HOOK\" ] && wait $HOOK\n\
+             exit \"$(cat /tmp/berth-rc)\"\n"
+        ));
+        host.script = script;
         let h = host
             .run_in(work.path())
             .unwrap_or_else(|e| panic!("emulated host: {e}"));

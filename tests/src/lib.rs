@@ -63,7 +63,7 @@ pub mod host;
 mod process;
 
 pub use assets::Assets;
-pub use guest::{GuestRun, Initrd, Kernel, Outcome, DEFAULT_CMDLINE};
+pub use guest::{GuestRun, Initrd, Kernel, Outcome, DEFAULT_CMDLINE, HOST_SCRIPT_OUT};
 pub use host::{HostFile, HostOutcome, HostRun};
 
 use std::fs::{File, OpenOptions};

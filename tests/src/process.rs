@@ -25,12 +25,38 @@ pub(crate) struct Input {
     pub data: Vec<u8>,
 }
 
+/// A shell script to run beside a child once its stdout shows `after`, with `BERTH_PID` set
+/// to the child's pid; its output goes to `out`.
+#[derive(Clone, Debug)]
+pub(crate) struct Hook {
+    pub after: String,
+    pub script: String,
+    pub dir: std::path::PathBuf,
+    pub out: std::path::PathBuf,
+}
+
 /// Runs `cmd` with stdin from /dev/null, killing it (SIGKILL) after `timeout`. With `echo`,
 /// its output is also copied to this process's stderr as it comes (for watching a slow run).
 /// The child is also killed if the thread that started it dies (PR_SET_PDEATHSIG), so a killed
 /// test run leaves no QEMU behind.
 pub(crate) fn run(cmd: &mut Command, timeout: Duration, echo: bool) -> io::Result<Captured> {
-    run_with_input(cmd, timeout, echo, None)
+    run_with_input(cmd, timeout, echo, None, None)
+}
+
+/// Waits until `buf` holds `needle` or `deadline` passes.
+fn wait_for_bytes(buf: &Mutex<Vec<u8>>, needle: &str, deadline: Instant) -> bool {
+    let needle = needle.as_bytes();
+    while Instant::now() < deadline {
+        let ready = buf
+            .lock()
+            .map(|b| b.windows(needle.len().max(1)).any(|w| w == needle))
+            .unwrap_or(false);
+        if ready {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 /// [`run`], with stdin fed from `input` when given.
@@ -39,6 +65,7 @@ pub(crate) fn run_with_input(
     timeout: Duration,
     echo: bool,
     input: Option<&Input>,
+    hook: Option<&Hook>,
 ) -> io::Result<Captured> {
     let start = Instant::now();
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
@@ -66,22 +93,45 @@ pub(crate) fn run_with_input(
         let (after, data) = (input.after.clone(), input.data.clone());
         let deadline = start + timeout;
         thread::spawn(move || {
-            let needle = after.as_bytes();
-            while Instant::now() < deadline {
-                let ready = seen
-                    .lock()
-                    .map(|b| b.windows(needle.len().max(1)).any(|w| w == needle))
-                    .unwrap_or(false);
-                if ready {
-                    let _ = stdin.write_all(&data);
-                    return; // dropping stdin closes it
-                }
-                thread::sleep(Duration::from_millis(20));
+            if wait_for_bytes(&seen, &after, deadline) {
+                let _ = stdin.write_all(&data);
             }
+            // dropping stdin closes it
+        });
+    }
+    let mut hook_done = None;
+    if let Some(hook) = hook {
+        let (hook_done_tx, done) = mpsc::channel::<()>();
+        hook_done = Some(done);
+        let seen = out.buf.clone();
+        let hook = hook.clone();
+        let deadline = start + timeout;
+        let pid = child.id();
+        thread::spawn(move || {
+            let _done = hook_done_tx; // dropped when the hook is over
+            if !wait_for_bytes(&seen, &hook.after, deadline) {
+                return;
+            }
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(&hook.script)
+                .env("BERTH_PID", pid.to_string())
+                .current_dir(&hook.dir)
+                .stdin(Stdio::null())
+                .output();
+            let text = match out {
+                Ok(o) => [o.stdout, o.stderr].concat(),
+                Err(e) => format!("cannot run the hook: {e}\n").into_bytes(),
+            };
+            let _ = std::fs::write(&hook.out, text);
         });
     }
     let (status, timed_out) = wait_deadline(&mut child, start + timeout)?;
     let elapsed = start.elapsed();
+    // The hook may outlive berth by a little (it may be waiting for berth to go).
+    if let Some(done) = hook_done {
+        let _ = done.recv_timeout(Duration::from_secs(10));
+    }
     // A grandchild may still hold the pipes open: do not wait for it for long.
     let grace = Instant::now() + Duration::from_secs(2);
     let stdout = out.take(grace);
@@ -211,6 +261,7 @@ mod tests {
                 after: "PROMPT".into(),
                 data: b"typed\n".to_vec(),
             }),
+            None,
         )
         .unwrap();
         assert!(!c.timed_out);

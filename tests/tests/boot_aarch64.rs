@@ -92,3 +92,35 @@ fn gzipped_image_boots_and_resets() {
     };
     out.assert_log_contains("the guest reset");
 }
+
+/// The disk's backend runs in its own process on aarch64 too: kill -9 of it stops the guest
+/// with berth's device status, naming the device.
+#[test]
+fn a_killed_device_process_stops_the_guest() {
+    let disk = disk();
+    let host = r#"for d in /proc/[0-9]*; do
+  [ "$(awk '/^PPid:/ { print $2 }' $d/status 2>/dev/null)" = "$BERTH_PID" ] || continue
+  tr '\0' ' ' <$d/cmdline | grep -q -- '--name virtio-blk0 ' && kill -9 ${d#/proc/} && echo "killed: ${d#/proc/}"
+done
+"#;
+    let out = GuestRun::new(Kernel::BzImage)
+        .arch(Arch::Aarch64)
+        .args(["--memory", "512"])
+        .args(["--disk", "path={file:disk.img}"])
+        .file(&disk)
+        .modules(["virtio_pci", "virtio_blk"])
+        .script("echo KILL-ME\nsleep 120\necho STILL-RUNNING\n")
+        .host_script("KILL-ME", host)
+        .timeout(Duration::from_secs(300))
+        .run();
+    let _ = std::fs::remove_dir_all(disk.parent().unwrap());
+    let Some(out) = out else { return };
+    out.assert_status(4)
+        .assert_console_lacks("STILL-RUNNING")
+        .assert_log_contains("device virtio-blk0 failed")
+        .assert_log_contains("SIGKILL");
+    let text = String::from_utf8_lossy(&out.files[berth_tests::HOST_SCRIPT_OUT]).into_owned();
+    if !text.contains("killed: ") {
+        out.fail(&format!("the host script found no device process:\n{text}"));
+    }
+}

@@ -1,7 +1,8 @@
 //! End to end, virtio-pci devices: virtio-blk disks (ext4 images read, written and checked on
 //! the host, read-only, two at once), virtio-rng, the virtio console (a shell on hvc0), and a
-//! PCI bus the guest enumerates without complaint. Three boots in all: each costs 20-40 s in the
-//! emulated host.
+//! PCI bus the guest enumerates without complaint. Each runs twice: with every device backend
+//! in a process of its own (the default) and as threads of berth (`--disable-sandbox`). Six
+//! boots in all: each costs 20-40 s in the emulated host.
 
 #![cfg(target_arch = "x86_64")]
 
@@ -40,6 +41,10 @@ impl Drop for Images {
     }
 }
 
+/// Where the device backends run: `berth run` arguments.
+const PROCESSES: &[&str] = &[];
+const THREADS: &[&str] = &["--disable-sandbox"];
+
 /// The value after `key` on the console line that starts with it.
 fn value<'a>(out: &'a Outcome, key: &str) -> &'a str {
     out.expect_console_line(key)[key.len()..].trim()
@@ -64,7 +69,16 @@ fn read_back(out: &Outcome, image: &Path, path: &str) -> Vec<u8> {
 /// is byte-for-byte unchanged.
 #[test]
 fn ext4_disks_read_write_and_readonly_side_by_side() {
-    let dir = Images::new("disks");
+    disks(PROCESSES, "disks");
+}
+
+#[test]
+fn ext4_disks_with_backends_in_threads() {
+    disks(THREADS, "disks-threads");
+}
+
+fn disks(placement: &[&str], test: &str) {
+    let dir = Images::new(test);
     let (vda, vdb) = (dir.path("vda.img"), dir.path("vdb.img"));
     Ext4Image::new(DISK_MIB)
         .label("vda")
@@ -97,6 +111,7 @@ poweroff -f
 "#;
     let Some(out) = GuestRun::new(Kernel::BzImage)
         .args(["--memory", "512"])
+        .args(placement.iter().copied())
         .args(["--disk", "path={file:vda.img}"])
         .args(["--disk", "path={file:vdb.img},readonly=on,id=ro0"])
         .writable_file(&vda)
@@ -147,7 +162,16 @@ poweroff -f
 /// a virtio (vendor 0x1af4) rng and block device; dmesg has no "PCI: Fatal" and no "ACPI Error".
 #[test]
 fn rng_and_disk_enumerate_cleanly_and_work_on_intx() {
-    let dir = Images::new("rng");
+    rng_and_disk(PROCESSES, "rng");
+}
+
+#[test]
+fn rng_and_disk_on_intx_with_backends_in_threads() {
+    rng_and_disk(THREADS, "rng-threads");
+}
+
+fn rng_and_disk(placement: &[&str], test: &str) {
+    let dir = Images::new(test);
     let disk = dir.path("disk.img");
     Ext4Image::new(DISK_MIB)
         .file("intx.txt", "read through INTx\n")
@@ -168,6 +192,7 @@ true
 "#;
     let Some(out) = GuestRun::new(Kernel::BzImage)
         .args(["--memory", "512", "--rng"])
+        .args(placement.iter().copied())
         .args(["--disk", "path={file:disk.img}"])
         .file(&disk)
         .append_cmdline("pci=nomsi")
@@ -220,8 +245,18 @@ true
 /// the UART goes to `--serial file=`, not to stdout.
 #[test]
 fn shell_on_virtio_console_hvc0() {
+    hvc0_shell(PROCESSES);
+}
+
+#[test]
+fn shell_on_virtio_console_hvc0_with_the_backend_in_a_thread() {
+    hvc0_shell(THREADS);
+}
+
+fn hvc0_shell(placement: &[&str]) {
     let Some(out) = GuestRun::new(Kernel::BzImage)
         .args(["--memory", "512", "--console", "virtio"])
+        .args(placement.iter().copied())
         .args(["--serial", "file={scratch}/uart.log"])
         .append_cmdline("berth.console=hvc0")
         .modules(["virtio_pci", "virtio_console"])

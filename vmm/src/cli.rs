@@ -25,6 +25,60 @@ pub struct Cli {
 pub enum Command {
     /// Boot a Linux kernel.
     Run(RunArgs),
+    /// Serve one virtio device as a vhost-user backend on a socket, for any vhost-user
+    /// frontend (berth's --vhost-user, QEMU, Cloud Hypervisor). berth also runs its own
+    /// device processes this way.
+    Device(DeviceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// Name for log lines.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    #[command(subcommand)]
+    pub kind: DeviceKind,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceKind {
+    /// virtio-blk on a raw image.
+    Blk {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// The disk: path=PATH[,readonly=on][,id=NAME].
+        #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
+        disk: DiskSpec,
+        /// The image, already open and locked (berth's own device processes).
+        #[arg(long, value_name = "FD", hide = true)]
+        disk_fd: Option<i32>,
+    },
+    /// virtio-rng fed by the host's getrandom.
+    Rng {
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// virtio-console: guest output to stdout, stdin to the guest.
+    Console {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Input fd instead of stdin (berth's own device processes).
+        #[arg(long, value_name = "FD", hide = true)]
+        input_fd: Option<i32>,
+        /// Output fd instead of stdout (berth's own device processes).
+        #[arg(long, value_name = "FD", hide = true)]
+        output_fd: Option<i32>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Listen on this Unix socket path and serve the first frontend that connects.
+    #[arg(long, value_name = "PATH", required_unless_present = "listen_fd")]
+    pub socket: Option<PathBuf>,
+    /// Accept on this inherited listening socket (berth's own device processes).
+    #[arg(long, value_name = "FD", hide = true, conflicts_with = "socket")]
+    pub listen_fd: Option<i32>,
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +127,43 @@ pub struct RunArgs {
     /// Hypervisor backend.
     #[arg(long, value_enum, default_value_t = HypervisorChoice::Auto)]
     pub hypervisor: HypervisorChoice,
+    /// A virtio device served by an external vhost-user backend:
+    /// type=blk|rng|console,socket=PATH; repeat for more.
+    #[arg(long = "vhost-user", value_name = "SPEC", value_parser = parse_vhost_user)]
+    pub vhost_user: Vec<VhostUserSpec>,
+    /// Run berth's own device backends as threads of berth instead of one process each (for
+    /// debugging; the devices are then not isolated from berth).
+    #[arg(long)]
+    pub disable_sandbox: bool,
+    /// Pages backing guest RAM: thp (transparent huge pages on a private tmpfs, falling back
+    /// to 4 KiB pages), off (4 KiB pages), 2M or 1G (hugetlbfs, from the host's pool).
+    #[arg(long, value_enum, default_value_t = HugePages::Thp)]
+    pub hugepages: HugePages,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HugePages {
+    /// Transparent huge pages on a private huge=always tmpfs; 4 KiB pages where refused.
+    Thp,
+    /// 4 KiB pages (a plain memfd).
+    Off,
+    /// hugetlbfs 2 MiB pages.
+    #[value(name = "2M")]
+    Size2M,
+    /// hugetlbfs 1 GiB pages.
+    #[value(name = "1G")]
+    Size1G,
+}
+
+impl HugePages {
+    /// The hugetlbfs page size in bytes (0 for thp and off).
+    pub fn page_size(self) -> u64 {
+        match self {
+            HugePages::Size2M => 2 << 20,
+            HugePages::Size1G => 1 << 30,
+            HugePages::Thp | HugePages::Off => 0,
+        }
+    }
 }
 
 impl RunArgs {
@@ -134,6 +225,36 @@ fn parse_disk(s: &str) -> Result<DiskSpec, String> {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VhostUserSpec {
+    pub kind: crate::vhost_user::Kind,
+    pub socket: PathBuf,
+}
+
+fn parse_vhost_user(s: &str) -> Result<VhostUserSpec, String> {
+    let mut kind = None;
+    let mut socket = None;
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("type", t)) => {
+                kind = Some(crate::vhost_user::Kind::parse(t).ok_or_else(|| {
+                    format!("unknown device type {t:?}: expected blk, rng or console")
+                })?)
+            }
+            Some(("socket", p)) if !p.is_empty() => socket = Some(PathBuf::from(p)),
+            _ => {
+                return Err(format!(
+                    "unknown part {part:?}: expected type=blk|rng|console,socket=PATH"
+                ))
+            }
+        }
+    }
+    Ok(VhostUserSpec {
+        kind: kind.ok_or("missing type=blk|rng|console")?,
+        socket: socket.ok_or("missing socket=PATH")?,
+    })
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SerialDest {
     Stdio,
     File(PathBuf),
@@ -185,7 +306,9 @@ mod tests {
             "debug",
         ])
         .unwrap();
-        let Command::Run(r) = cli.command;
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!(r.cpus, 2);
         assert_eq!(r.memory, 256);
         assert_eq!(r.serial_dest(), SerialDest::File("/tmp/x".into()));
@@ -197,7 +320,9 @@ mod tests {
     #[test]
     fn defaults_and_bad_serial() {
         let cli = Cli::try_parse_from(["berth", "run", "--kernel", "k"]).unwrap();
-        let Command::Run(r) = cli.command;
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!((r.cpus, r.memory), (1, 512));
         assert_eq!(r.cmdline, DEFAULT_CMDLINE);
         assert_eq!(r.serial_dest(), SerialDest::Stdio);
@@ -224,7 +349,9 @@ mod tests {
             "virtio",
         ])
         .unwrap();
-        let Command::Run(r) = cli.command;
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!(
             r.disks,
             vec![

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use devices::legacy::Serial;
 use devices::EventFd;
 
-use crate::vm::VmEvent;
+use crate::events::VmEvent;
 
 /// Terminal settings to put back; also read by the panic hook and signal paths.
 static SAVED_TERMIOS: Mutex<Option<libc::termios>> = Mutex::new(None);
@@ -91,8 +91,12 @@ pub fn pipe() -> std::io::Result<(File, File)> {
 
 /// An unbuffered writer on a duplicate of stdout, so every guest byte shows at once.
 pub fn stdout_writer() -> std::io::Result<Box<dyn Write + Send>> {
-    let fd = std::io::stdout().as_fd().try_clone_to_owned()?;
-    Ok(Box::new(File::from(fd)))
+    Ok(Box::new(stdout_file()?))
+}
+
+/// A duplicate of stdout (close-on-exec), for a device that writes the guest's text.
+pub fn stdout_file() -> std::io::Result<File> {
+    Ok(File::from(std::io::stdout().as_fd().try_clone_to_owned()?))
 }
 
 /// Where console input goes.

@@ -34,6 +34,8 @@ pub enum Error {
     MemoryTooLarge { mib: u64 },
     #[error("allocating {mib} MiB of guest memory failed: {source}")]
     GuestMemory { mib: u64, source: std::io::Error },
+    #[error("{0}")]
+    HugePages(String),
     #[error(transparent)]
     Hypervisor(#[from] hypervisor::Error),
     #[error(transparent)]

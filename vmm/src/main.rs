@@ -2,13 +2,15 @@
 
 mod cli;
 mod console;
+mod device_cmd;
 mod error;
+mod events;
 mod memory;
 mod pci;
 mod platform;
 mod vcpu;
+mod vhost_user;
 mod vm;
-mod worker;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -17,28 +19,32 @@ use std::time::Instant;
 use clap::Parser;
 
 use cli::{Cli, Command};
-use vm::Outcome;
+use events::Outcome;
 
 /// Exit status when the guest reported a crash (pvpanic, PSCI crash).
 const EXIT_GUEST_CRASH: u8 = 3;
+/// Exit status when a device failed (its process died, or its backend stopped answering)
+/// and berth stopped the guest.
+const EXIT_DEVICE_FAILED: u8 = 4;
 /// Exit status for a bug in berth itself (a panic).
 const EXIT_INTERNAL: i32 = 70;
 
-fn init_logging(level: Option<log::LevelFilter>) {
+fn init_logging(level: Option<log::LevelFilter>, prefix: String) {
     let level = level
         .or_else(|| std::env::var("BERTH_LOG").ok()?.parse().ok())
         .unwrap_or(log::LevelFilter::Info);
     env_logger::Builder::new()
         .filter_level(level)
-        .format(|buf, rec| {
-            let prefix = match rec.level() {
+        .format(move |buf, rec| {
+            let tag = &prefix;
+            let level = match rec.level() {
                 log::Level::Error => "error: ",
                 log::Level::Warn => "warning: ",
                 log::Level::Info => "",
                 log::Level::Debug => "debug: ",
                 log::Level::Trace => "trace: ",
             };
-            writeln!(buf, "berth: {prefix}{}", rec.args())
+            writeln!(buf, "{tag}: {level}{}", rec.args())
         })
         .init();
 }
@@ -66,9 +72,20 @@ fn install_panic_hook() {
 fn main() -> ExitCode {
     let start = Instant::now();
     let cli = Cli::parse();
-    init_logging(cli.log_level);
+    let tag = match &cli.command {
+        Command::Device(d) => format!("berth[{}]", d.name.as_deref().unwrap_or("device")),
+        Command::Run(_) => "berth".to_string(),
+    };
+    init_logging(cli.log_level, tag);
     install_panic_hook();
     match cli.command {
+        Command::Device(args) => match device_cmd::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                log::error!("{e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(args) => match vm::run(&args, start) {
             Ok(outcome) => {
                 let (what, code) = match outcome {
@@ -77,6 +94,11 @@ fn main() -> ExitCode {
                     Outcome::Crash => ("the guest reported a crash".to_string(), EXIT_GUEST_CRASH),
                     Outcome::UserQuit => ("quit at the user's request (Ctrl-A x)".to_string(), 0),
                     Outcome::Signal(s) => (format!("stopped by signal {s}"), (128 + s) as u8),
+                    Outcome::DeviceFailed { device, what } => {
+                        log::error!("device {device} failed: {what}; the guest was stopped");
+                        log::debug!("exiting {} us after start", start.elapsed().as_micros());
+                        return ExitCode::from(EXIT_DEVICE_FAILED);
+                    }
                 };
                 log::info!("{what}");
                 log::debug!("exiting {} us after start", start.elapsed().as_micros());

@@ -1,22 +1,30 @@
 //! The PCI root complex and the virtio devices on it, wired to the hypervisor: BARs from the
-//! 64-bit window, MSI-X vectors as irqfds with MSI routes, queue notifications as ioeventfds.
+//! 64-bit window, MSI-X vectors as irqfds with MSI routes, queue notifications as ioeventfds,
+//! and each device's vhost-user backend behind its transport (its call fds connected to the
+//! vectors' GSIs as irqfds).
 
 use std::collections::BTreeMap;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
 use arch::GuestMemory;
 use devices::bus::lock;
 use devices::pci::{IntxLine, MsiMessage, MsiVector, PciConfigIo, PciConfigMmio, PciMmio, PciRoot};
-use devices::virtio::pci::{VirtioPci, BAR_SIZE};
-use devices::virtio::VirtioDevice;
+use devices::virtio::frontend::Frontend;
+use devices::virtio::pci::{DeviceInfo, TransportParts, VirtioPci, BAR_SIZE};
+use devices::virtio::VIRTIO_F_VERSION_1;
 use devices::{Bus, EventFd};
 use hypervisor::{IoEventAddress, IrqChip, IrqRoute, Vm};
 use vm_allocator::{AddressAllocator, AllocPolicy};
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
 use crate::error::{Error, Result};
+use crate::events::VmEvent;
 use crate::platform::PciLayout;
-use crate::worker::ThreadSpawner;
+use crate::vhost_user::control::{self, ControlParts};
+use crate::vhost_user::wiring::VmWiring;
+use crate::vhost_user::{Kind, REQUEST_TIMEOUT};
 
 /// The MSI part of the hypervisor's routing table, rewritten whenever the guest reprograms a
 /// vector (the hypervisor API replaces the table as a whole).
@@ -51,12 +59,14 @@ impl MsiRoutes {
     }
 }
 
-/// One MSI-X vector: an irqfd on its own GSI.
+/// One MSI-X vector: an irqfd on its own GSI (the VMM's own, for configuration interrupts),
+/// and the backend call fds connected to the same GSI.
 struct Vector {
     gsi: u32,
     devid: Option<u32>,
     irqfd: EventFd,
     routes: Arc<MsiRoutes>,
+    irqchip: Arc<dyn IrqChip>,
 }
 
 impl MsiVector for Vector {
@@ -67,6 +77,19 @@ impl MsiVector for Vector {
     fn trigger(&self) {
         if let Err(e) = self.irqfd.write(1) {
             devices::log_limited!(log::Level::Error, "irqfd for GSI {}: {e}", self.gsi);
+        }
+    }
+
+    fn connect(&self, fd: &EventFd) {
+        // KVM injects at once if the fd was signalled while disconnected.
+        if let Err(e) = self.irqchip.register_irqfd(fd, self.gsi) {
+            devices::log_limited!(log::Level::Error, "call fd on GSI {}: {e}", self.gsi);
+        }
+    }
+
+    fn disconnect(&self, fd: &EventFd) {
+        if let Err(e) = self.irqchip.unregister_irqfd(fd, self.gsi) {
+            devices::log_limited!(log::Level::Error, "call fd off GSI {}: {e}", self.gsi);
         }
     }
 }
@@ -86,8 +109,8 @@ impl IntxLine for Intx {
 }
 
 /// Builds bus 0 and its devices; [`PciBuilder::attach`] puts it on the VM's buses.
-pub struct PciBuilder<'a> {
-    vm: &'a dyn Vm,
+pub struct PciBuilder {
+    vm: Arc<dyn Vm>,
     irqchip: Arc<dyn IrqChip>,
     mem: GuestMemory,
     root: PciRoot,
@@ -95,23 +118,27 @@ pub struct PciBuilder<'a> {
     bars: AddressAllocator,
     routes: Arc<MsiRoutes>,
     next_gsi: u32,
-    spawner: Arc<ThreadSpawner>,
+    wiring: Arc<VmWiring>,
+    events: Sender<VmEvent>,
 }
 
 fn dev_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Device(format!("{what}: {e}"))
 }
 
-impl<'a> PciBuilder<'a> {
+impl PciBuilder {
     pub fn new(
-        vm: &'a dyn Vm,
+        vm: Arc<dyn Vm>,
         irqchip: Arc<dyn IrqChip>,
         mem: GuestMemory,
         layout: PciLayout,
+        events: Sender<VmEvent>,
     ) -> Result<Self> {
         let bars = AddressAllocator::new(layout.mmio64.0, layout.mmio64.1)
             .map_err(|e| dev_err("PCI window", format!("{e:?}")))?;
         Ok(PciBuilder {
+            wiring: Arc::new(VmWiring::new(vm.clone())),
+            events,
             vm,
             next_gsi: irqchip.pin_count(),
             routes: Arc::new(MsiRoutes {
@@ -123,7 +150,6 @@ impl<'a> PciBuilder<'a> {
             root: PciRoot::new(),
             layout,
             bars,
-            spawner: Arc::new(ThreadSpawner),
         })
     }
 
@@ -139,11 +165,35 @@ impl<'a> PciBuilder<'a> {
             devid,
             irqfd,
             routes: self.routes.clone(),
+            irqchip: self.irqchip.clone(),
         }))
     }
 
-    /// Puts `device` on the bus as a virtio-pci function named `name`.
-    pub fn add_virtio(&mut self, name: &str, device: Box<dyn VirtioDevice>) -> Result<()> {
+    /// Puts a virtio device of `kind` on the bus as a function named `name`, its backend
+    /// reached through `stream` (connected to berth's own backend or someone else's). The
+    /// frontend negotiates with the backend now, before the guest runs.
+    pub fn add_vhost_user(&mut self, name: &str, kind: Kind, stream: UnixStream) -> Result<()> {
+        let fe_err = |e: devices::virtio::frontend::FrontendError| {
+            Error::Device(format!("{name}: vhost-user backend: {e}"))
+        };
+        let queues = kind.queues();
+        let mut frontend = Frontend::new(stream, queues, REQUEST_TIMEOUT).map_err(fe_err)?;
+        if frontend.features() & (1 << VIRTIO_F_VERSION_1) == 0 {
+            return Err(Error::Device(format!(
+                "{name}: the vhost-user backend does not offer VIRTIO_F_VERSION_1 (virtio 1.x); berth has no legacy transport"
+            )));
+        }
+        frontend.set_mem_table(&self.mem).map_err(fe_err)?;
+        let config = frontend
+            .config(kind.config_len())
+            .map_err(fe_err)?
+            .unwrap_or_else(|| vec![0; kind.config_len()]);
+        let info = DeviceInfo {
+            device_type: kind.virtio_type(),
+            queue_sizes: vec![256; queues],
+            features: frontend.features(),
+            config,
+        };
         // The requester id of bus 0, function 0 of the slot the device will get; its INTA is
         // wired by slot too.
         let slot = self
@@ -151,7 +201,7 @@ impl<'a> PciBuilder<'a> {
             .next_free_slot()
             .ok_or_else(|| dev_err(name, "no free PCI slot"))?;
         let devid = self.layout.msi_devid.then_some(u32::from(slot) << 3);
-        let vectors = (0..device.queue_max_sizes().len() + 1)
+        let vectors = (0..queues + 1)
             .map(|_| self.vector(devid))
             .collect::<Result<Vec<_>>>()?;
         let bar = self
@@ -163,15 +213,31 @@ impl<'a> PciBuilder<'a> {
             irqchip: self.irqchip.clone(),
             gsi: (self.layout.intx_gsi)(slot),
         });
-        let dev = VirtioPci::new(
-            name.to_string(),
-            device,
-            self.mem.clone(),
-            bar,
+        let parts = TransportParts {
+            mem: self.mem.clone(),
+            bar_addr: bar,
             vectors,
-            Some(intx),
-            self.spawner.clone(),
-        )
+            intx: Some(intx),
+            wiring: self.wiring.clone(),
+        };
+        let (mem, events) = (self.mem.clone(), self.events.clone());
+        let dev = VirtioPci::new(name.to_string(), info, parts, |state, kicks, calls| {
+            let dup = |fds: &[EventFd]| {
+                fds.iter()
+                    .map(|f| f.try_clone())
+                    .collect::<std::io::Result<Vec<_>>>()
+            };
+            let c = control::start(ControlParts {
+                name: name.to_string(),
+                frontend,
+                mem,
+                kicks: dup(kicks)?,
+                calls: dup(calls)?,
+                state,
+                events,
+            })?;
+            Ok(Box::new(c))
+        })
         .map_err(|e| dev_err(name, e))?;
         for (addr, evt) in dev.ioevents() {
             self.vm

@@ -9,7 +9,7 @@ use std::time::Instant;
 use devices::{log_limited, Bus};
 use hypervisor::{Kicker, SystemEvent, Vcpu, VcpuExit};
 
-use crate::vm::VmEvent;
+use crate::events::VmEvent;
 
 /// What a vCPU thread shares with the control loop.
 pub struct VcpuContext {

@@ -9,32 +9,14 @@ use std::time::{Duration, Instant};
 use arch::MIB;
 use hypervisor::{HypervisorKind, Kicker, SystemEvent};
 
-use devices::virtio::blk::{self, Block, DiskImage};
-use devices::virtio::console::Console;
-use devices::virtio::rng::Rng;
+use devices::virtio::blk::{self, DiskImage};
 
 use crate::cli::{ConsoleChoice, HypervisorChoice, RunArgs, SerialDest};
 use crate::error::{Error, Result};
+use crate::events::{Outcome, VmEvent};
 use crate::platform::{GuestFiles, MAX_CPUS, MIN_MEMORY};
+use crate::vhost_user::{self, Backend, Placement};
 use crate::{console, memory, pci, platform, vcpu};
-
-/// What the control loop hears about.
-#[derive(Clone, Debug)]
-pub enum VmEvent {
-    System(SystemEvent),
-    UserQuit,
-    VcpuFailed { cpu: u32, what: String },
-}
-
-/// How the VM ended, when it ended without a VMM error.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    PowerOff,
-    Reset,
-    Crash,
-    UserQuit,
-    Signal(i32),
-}
 
 /// How long the control loop waits for vCPU threads to leave the guest before giving up.
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -111,7 +93,11 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
     }
     let vm = hv.create_vm()?;
     lap("VM created");
-    let mem = memory::create(mem_size, &platform::ram_ranges(mem_size))?;
+    let (mem, backing) = memory::create(mem_size, &platform::ram_ranges(mem_size), args.hugepages)?;
+    match &backing {
+        memory::Backing::Memfd(Some(_)) => log::warn!("guest RAM: {mib} MiB on {backing}"),
+        _ => log::debug!("guest RAM: {mib} MiB on {backing}"),
+    }
     memory::register(&*vm, &mem)?;
     // The interrupt controller comes first and is finalised once every vCPU exists (the GIC
     // sizes itself by them); irqfds can be registered only after that.
@@ -148,13 +134,35 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
     )?;
 
     let pci_layout = platform::pci_layout(mem_size, &*irqchip);
-    let mut pci = pci::PciBuilder::new(&*vm, irqchip.clone(), mem.clone(), pci_layout)?;
+    let mut pci = pci::PciBuilder::new(
+        vm.clone(),
+        irqchip.clone(),
+        mem.clone(),
+        pci_layout,
+        events_tx.clone(),
+    )?;
+    let placement = if args.disable_sandbox {
+        Placement::Thread
+    } else {
+        Placement::Process
+    };
+    let mut add = |name: String, backend: Backend| -> Result<()> {
+        let kind = backend.kind();
+        let stream = vhost_user::start(&name, backend, placement, &events_tx)?;
+        pci.add_vhost_user(&name, kind, stream)
+    };
     for (i, (image, spec)) in disks.into_iter().zip(&args.disks).enumerate() {
-        let dev = Block::new(image, spec.read_only, spec.id.clone());
-        pci.add_virtio(&format!("virtio-blk{i}"), Box::new(dev))?;
+        add(
+            format!("virtio-blk{i}"),
+            Backend::Blk {
+                image,
+                read_only: spec.read_only,
+                id: spec.id.clone(),
+            },
+        )?;
     }
     if args.rng {
-        pci.add_virtio("virtio-rng", Box::new(Rng::new()))?;
+        add("virtio-rng".into(), Backend::Rng)?;
     }
     let console_input = match args.console {
         ConsoleChoice::Serial if serial_dest == SerialDest::Stdio => {
@@ -166,14 +174,20 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
         ConsoleChoice::Serial => None,
         ConsoleChoice::Virtio => {
             let (rx, tx) = console::pipe().map_err(|e| Error::Device(format!("pipe: {e}")))?;
-            let out =
-                console::stdout_writer().map_err(|e| Error::Device(format!("stdout: {e}")))?;
-            let dev = Console::new(Some(rx.into()), out)
-                .map_err(|e| Error::Device(format!("virtio-console: {e}")))?;
-            pci.add_virtio("virtio-console", Box::new(dev))?;
+            let output =
+                console::stdout_file().map_err(|e| Error::Device(format!("stdout: {e}")))?;
+            add(
+                "virtio-console".into(),
+                Backend::Console { input: rx, output },
+            )?;
             Some(console::ConsoleInput::Pipe(tx))
         }
     };
+    for (i, spec) in args.vhost_user.iter().enumerate() {
+        let name = format!("vhost-user-{}{i}", spec.kind.name());
+        let stream = vhost_user::connect_external(&spec.socket)?;
+        pci.add_vhost_user(&name, spec.kind, stream)?;
+    }
     pci.attach(&mut platform.pio, &mut platform.mmio)?;
     let pio = Arc::new(platform.pio);
     let mmio = Arc::new(platform.mmio);
@@ -220,6 +234,9 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
             Ok(VmEvent::System(SystemEvent::Crash)) => break Ok(Outcome::Crash),
             Ok(VmEvent::UserQuit) => break Ok(Outcome::UserQuit),
             Ok(VmEvent::VcpuFailed { cpu, what }) => break Err(Error::VcpuRun { cpu, what }),
+            Ok(VmEvent::DeviceFailed { device, what }) => {
+                break Ok(Outcome::DeviceFailed { device, what })
+            }
             Err(RecvTimeoutError::Timeout) => {
                 let sig = SIGNAL.load(Ordering::SeqCst);
                 if sig != 0 {

@@ -198,7 +198,7 @@ fn dev_kvm_without_permission() {
         kk.display()
     );
     let Some(out) = run_in_mount_ns(
-        "mount -t tmpfs none /dev && mknod -m 600 /dev/kvm c 10 232",
+        "mount -t tmpfs none /dev && mknod /dev/kvm c 10 232 && chmod 600 /dev/kvm",
         &cmd,
     ) else {
         eprintln!("skipped: needs root and unshare");

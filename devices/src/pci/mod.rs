@@ -41,6 +41,12 @@ pub trait MsiVector: Send + Sync {
     fn set_message(&self, msg: MsiMessage);
     /// Delivers the vector's current message.
     fn trigger(&self);
+    /// Makes a signal of `fd` deliver the vector directly (a vhost-user backend's call fd
+    /// becomes an irqfd on the vector's GSI). A signal that came while disconnected is
+    /// delivered on connecting.
+    fn connect(&self, fd: &vmm_sys_util::eventfd::EventFd);
+    /// Undoes [`MsiVector::connect`]; signals of `fd` then wait in it.
+    fn disconnect(&self, fd: &vmm_sys_util::eventfd::EventFd);
 }
 
 /// A level-triggered INTx line as the VMM wires it (a pin of the platform's interrupt

@@ -145,6 +145,22 @@ impl Msix {
         self.function_masked
     }
 
+    /// Whether a message sent on `vector` now would reach the guest: MSI-X on, the function
+    /// and the entry unmasked.
+    pub fn delivers(&self, vector: u16) -> bool {
+        self.enabled
+            && !self.function_masked
+            && self
+                .table
+                .get(usize::from(vector))
+                .is_some_and(|e| !e.masked())
+    }
+
+    /// The VMM's side of `vector`.
+    pub fn vector(&self, vector: u16) -> Option<&Arc<dyn MsiVector>> {
+        self.vectors.get(usize::from(vector))
+    }
+
     pub fn pending(&self, vector: u16) -> bool {
         let v = usize::from(vector);
         v < self.table.len() && self.pba[v / 64] & (1 << (v % 64)) != 0
@@ -322,6 +338,8 @@ mod tests {
         fn trigger(&self) {
             *self.triggers.lock().unwrap() += 1;
         }
+        fn connect(&self, _fd: &vmm_sys_util::eventfd::EventFd) {}
+        fn disconnect(&self, _fd: &vmm_sys_util::eventfd::EventFd) {}
     }
 
     impl FakeVector {

@@ -4,7 +4,7 @@
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
-use super::{ActivateError, Activation, GuestMemory, VirtioInterrupt, VIRTIO_RING_F_EVENT_IDX};
+use super::GuestMemory;
 use vm_memory::GuestAddress;
 
 use crate::log_limited;
@@ -19,28 +19,37 @@ pub enum Served {
     OutOfChains,
     /// The device declined a chain, which stays at the head of the ring for a later call.
     Declined,
+    /// `budget` chains were served and more may wait; notifications are still off, so the
+    /// caller must call again.
+    Batch,
 }
 
-/// Serves the available chains of queue `index`. `handle` returns the used length of a chain,
-/// or `None` to leave it (and all after it) in the ring.
+/// Serves up to `budget` available chains of queue `index`. `handle` returns the used length
+/// of a chain, or `None` to leave it (and all after it) in the ring. Also returns whether the
+/// driver wants an interrupt for what was used (the caller signals it: the interrupt's
+/// mechanism is the caller's).
 pub fn serve<F>(
     mem: &GuestMemory,
     queue: &mut Queue,
     index: u16,
-    interrupt: &dyn VirtioInterrupt,
+    budget: usize,
     mut handle: F,
-) -> Served
+) -> (Served, bool)
 where
     F: FnMut(Chain<'_>) -> Option<u32>,
 {
     let mut added = false;
-    let served = loop {
+    let mut left = budget;
+    let served = 'outer: loop {
         if let Err(e) = queue.disable_notification(mem) {
             log_limited!(log::Level::Warn, "virtio queue {index}: {e}");
             break Served::OutOfChains;
         }
         let mut progressed = false;
         let declined = loop {
+            if left == 0 {
+                break 'outer Served::Batch;
+            }
             // `iter` per chain rather than `pop_descriptor_chain`, whose errors go to an
             // unlimited log line the guest could flood.
             let chain = match queue.iter(mem) {
@@ -57,6 +66,7 @@ where
                 break true;
             };
             progressed = true;
+            left -= 1;
             // Checked here because add_used reports a bad head through an unlimited log.
             if head >= queue.size() {
                 log_limited!(
@@ -88,58 +98,26 @@ where
             }
         }
     };
-    if added {
-        match queue.needs_notification(mem) {
-            Ok(true) => interrupt.signal_used(index),
-            Ok(false) => {}
-            // Unsure whether the driver wants it: a spurious interrupt is harmless.
-            Err(_) => interrupt.signal_used(index),
-        }
-    }
-    served
+    // Unsure whether the driver wants it: a spurious interrupt is harmless.
+    let notify = added && queue.needs_notification(mem).unwrap_or(true);
+    (served, notify)
 }
 
-/// Checks that the driver set up exactly the `count` queues a device serves, inside guest
-/// memory, and applies the negotiated EVENT_IDX to them.
-pub fn prepare_queues(act: &mut Activation, count: usize) -> Result<(), ActivateError> {
-    if act.queues.len() != count || act.kicks.len() != count {
-        return Err(ActivateError::Device(format!(
-            "expected {count} queues and kicks, got {} and {}",
-            act.queues.len(),
-            act.kicks.len()
-        )));
-    }
-    let event_idx = act.features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
-    for (i, q) in act.queues.iter_mut().enumerate() {
-        if !q.ready() {
-            return Err(ActivateError::QueueNotReady(i));
-        }
-        // Checked once here so the data path never reads rings outside guest memory.
-        if !rings_in_memory(q, &act.mem) {
-            return Err(ActivateError::Device(format!(
-                "queue {i} lies outside guest memory"
-            )));
-        }
-        q.set_event_idx(event_idx);
-    }
-    Ok(())
-}
-
-/// Queue::is_valid without its unlimited logging, which the guest could provoke at will.
-fn rings_in_memory(q: &Queue, mem: &GuestMemory) -> bool {
+/// Whether a queue of `size` entries with its rings at these guest addresses lies inside
+/// guest memory. Queue::is_valid checks the same, but logs without limit on failure, which
+/// the guest could provoke at will.
+pub fn rings_in_memory(mem: &GuestMemory, size: u16, desc: u64, avail: u64, used: u64) -> bool {
     use vm_memory::{GuestMemory as _, Permissions};
-    let n = usize::from(q.size());
+    let n = usize::from(size);
     let fits = |addr: u64, len: usize, access| mem.check_range(GuestAddress(addr), len, access);
-    fits(q.desc_table(), 16 * n, Permissions::Read)
-        && fits(q.avail_ring(), 6 + 2 * n, Permissions::Read)
-        && fits(q.used_ring(), 6 + 8 * n, Permissions::Write)
+    fits(desc, 16 * n, Permissions::Read)
+        && fits(avail, 6 + 2 * n, Permissions::Read)
+        && fits(used, 6 + 8 * n, Permissions::Write)
 }
 
 #[cfg(test)]
 pub(crate) mod test_support {
-    //! Guest memory, a queue the test plays the driver of, and an interrupt double.
-
-    use std::sync::{Arc, Mutex};
+    //! Guest memory, a queue the test plays the driver of, and the vrings a backend serves.
 
     use virtio_bindings::virtio_ring::{
         VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
@@ -265,32 +243,59 @@ pub(crate) mod test_support {
         }
     }
 
-    /// Records used-buffer interrupts by queue.
-    #[derive(Default)]
-    pub struct CountingInterrupt {
-        used: Mutex<Vec<u16>>,
+    /// Queues as a backend sees them: vrings set up on `TestQueue`s, each with a call
+    /// eventfd that counts the interrupts the device raised.
+    pub struct TestVrings {
+        pub vrings: Vec<crate::virtio::backend::Vring>,
+        calls: Vec<vmm_sys_util::eventfd::EventFd>,
+        pub mem: GuestMemory,
     }
 
-    impl CountingInterrupt {
-        pub fn used_count(&self, queue: u16) -> usize {
-            self.used
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|q| **q == queue)
-                .count()
+    impl TestVrings {
+        /// Vrings on `queues` (their rings), EVENT_IDX as given.
+        pub fn new(mem: &GuestMemory, queues: &[&TestQueue<'_>], event_idx: bool) -> Self {
+            Self::from_queues(mem, queues.iter().map(|tq| tq.queue()).collect(), event_idx)
         }
-    }
 
-    impl VirtioInterrupt for CountingInterrupt {
-        fn signal_used(&self, queue: u16) {
-            self.used.lock().unwrap().push(queue);
+        /// Vrings with the size and ring addresses of `queues`.
+        pub fn from_queues(mem: &GuestMemory, queues: Vec<Queue>, event_idx: bool) -> Self {
+            use std::os::fd::FromRawFd;
+            use vhost_user_backend::VringT;
+            use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+            let atomic = vm_memory::GuestMemoryAtomic::new(mem.clone());
+            let mut vrings = Vec::new();
+            let mut calls = Vec::new();
+            for q in queues {
+                let v = crate::virtio::backend::Vring::new(atomic.clone(), q.max_size()).unwrap();
+                v.set_queue_size(q.size());
+                v.set_queue_info(q.desc_table(), q.avail_ring(), q.used_ring())
+                    .unwrap();
+                v.set_queue_event_idx(event_idx);
+                v.set_queue_ready(true);
+                v.set_enabled(true);
+                let call = EventFd::new(EFD_NONBLOCK).unwrap();
+                let dup = std::os::fd::IntoRawFd::into_raw_fd(call.try_clone().unwrap());
+                // SAFETY: the duplicate fd is owned by nothing else.
+                let file = unsafe { std::fs::File::from_raw_fd(dup) };
+                v.set_call(Some(file));
+                vrings.push(v);
+                calls.push(call);
+            }
+            TestVrings {
+                vrings,
+                calls,
+                mem: mem.clone(),
+            }
         }
-        fn signal_config(&self) {}
-    }
 
-    pub fn interrupt() -> Arc<CountingInterrupt> {
-        Arc::new(CountingInterrupt::default())
+        pub fn queues(&self) -> crate::virtio::backend::Queues<'_> {
+            crate::virtio::backend::Queues::new(&self.vrings, &self.mem, None)
+        }
+
+        /// Interrupts raised on queue `i` since the last call.
+        pub fn interrupts(&self, i: usize) -> u64 {
+            self.calls[i].read().unwrap_or(0)
+        }
     }
 }
 
@@ -300,6 +305,18 @@ mod tests {
     use super::*;
     use virtio_queue::QueueT;
 
+    /// serve() with no budget, counting the interrupts it asks for in `irq`.
+    fn run(
+        irq: &mut usize,
+        mem: &GuestMemory,
+        q: &mut Queue,
+        f: impl FnMut(Chain<'_>) -> Option<u32>,
+    ) -> Served {
+        let (served, notify) = serve(mem, q, 0, usize::MAX, f);
+        *irq += usize::from(notify);
+        served
+    }
+
     #[test]
     fn serves_each_chain_once_and_interrupts_once() {
         let mem = memory();
@@ -307,9 +324,9 @@ mod tests {
         let mut q = tq.queue();
         tq.add(0, &[desc(0x10_0000, 8, true)]);
         tq.add(1, &[desc(0x10_1000, 8, true)]);
-        let irq = interrupt();
+        let mut irq = 0;
         let mut seen = Vec::new();
-        let r = serve(&mem, &mut q, 0, &*irq, |c| {
+        let r = run(&mut irq, &mem, &mut q, |c| {
             seen.push(c.head_index());
             Some(3)
         });
@@ -317,7 +334,7 @@ mod tests {
         assert_eq!(seen, [0, 1]);
         assert_eq!(tq.used_idx(), 2);
         assert_eq!(tq.used(1), (1, 3));
-        assert_eq!(irq.used_count(0), 1);
+        assert_eq!(irq, 1);
         assert!(!tq.no_notify(), "kicks re-enabled once the ring is empty");
     }
 
@@ -327,12 +344,12 @@ mod tests {
         let tq = TestQueue::new(&mem, 0, 16);
         let mut q = tq.queue();
         tq.add(0, &[desc(0x10_0000, 8, true)]);
-        let irq = interrupt();
-        assert_eq!(serve(&mem, &mut q, 0, &*irq, |_| None), Served::Declined);
+        let mut irq = 0;
+        assert_eq!(run(&mut irq, &mem, &mut q, |_| None), Served::Declined);
         assert_eq!(tq.used_idx(), 0);
-        assert_eq!(irq.used_count(0), 0);
+        assert_eq!(irq, 0);
         let mut heads = Vec::new();
-        serve(&mem, &mut q, 0, &*irq, |c| {
+        run(&mut irq, &mem, &mut q, |c| {
             heads.push(c.head_index());
             Some(0)
         });
@@ -345,10 +362,10 @@ mod tests {
         let tq = TestQueue::new(&mem, 0, 16);
         let mut q = tq.queue();
         tq.mock.avail().idx().store(1000); // more chains than the ring holds
-        let irq = interrupt();
-        let r = serve(&mem, &mut q, 0, &*irq, |_| panic!("no chain is valid"));
+        let mut irq = 0;
+        let r = run(&mut irq, &mem, &mut q, |_| panic!("no chain is valid"));
         assert_eq!(r, Served::OutOfChains);
-        assert_eq!(irq.used_count(0), 0);
+        assert_eq!(irq, 0);
     }
 
     #[test]
@@ -359,9 +376,9 @@ mod tests {
         tq.add(0, &[desc(0x10_0000, 8, true)]);
         tq.mock.avail().ring().ref_at(0).unwrap().store(500);
         tq.add(1, &[desc(0x10_0000, 8, true)]);
-        let irq = interrupt();
+        let mut irq = 0;
         let mut n = 0;
-        serve(&mem, &mut q, 0, &*irq, |_| {
+        run(&mut irq, &mem, &mut q, |_| {
             n += 1;
             Some(0)
         });
@@ -378,14 +395,14 @@ mod tests {
         q.set_event_idx(true);
         // used_event = 1: interrupt once the second chain is used, not before.
         tq.set_used_event(1);
-        let irq = interrupt();
+        let mut irq = 0;
         tq.add(0, &[desc(0x10_0000, 8, true)]);
-        serve(&mem, &mut q, 0, &*irq, |_| Some(0));
-        assert_eq!(irq.used_count(0), 0);
+        run(&mut irq, &mem, &mut q, |_| Some(0));
+        assert_eq!(irq, 0);
         tq.add(1, &[desc(0x10_0000, 8, true)]);
-        serve(&mem, &mut q, 0, &*irq, |_| Some(0));
+        run(&mut irq, &mem, &mut q, |_| Some(0));
         assert_eq!(tq.used_idx(), 2);
-        assert_eq!(irq.used_count(0), 1);
+        assert_eq!(irq, 1);
     }
 
     #[test]
@@ -396,9 +413,9 @@ mod tests {
             let mut q = tq.queue();
             q.set_event_idx(event_idx);
             tq.add(0, &[desc(0x10_0000, 8, true)]);
-            let irq = interrupt();
+            let mut irq = 0;
             let mut heads = Vec::new();
-            serve(&mem, &mut q, 0, &*irq, |c| {
+            run(&mut irq, &mem, &mut q, |c| {
                 if heads.is_empty() {
                     // The driver races the device and, seeing no need to kick, does not.
                     tq.add(1, &[desc(0x10_0000, 8, true)]);
@@ -415,5 +432,21 @@ mod tests {
                 assert!(!tq.no_notify());
             }
         }
+    }
+
+    #[test]
+    fn a_batch_ends_after_the_budget_with_the_rest_left() {
+        let mem = memory();
+        let tq = TestQueue::new(&mem, 0, 16);
+        let mut q = tq.queue();
+        for i in 0..3 {
+            tq.add(i, &[desc(0x10_0000, 8, true)]);
+        }
+        let (r, notify) = serve(&mem, &mut q, 0, 2, |_| Some(0));
+        assert_eq!((r, notify), (Served::Batch, true));
+        assert_eq!(tq.used_idx(), 2);
+        let (r, _) = serve(&mem, &mut q, 0, 2, |_| Some(0));
+        assert_eq!(r, Served::OutOfChains);
+        assert_eq!(tq.used_idx(), 3);
     }
 }

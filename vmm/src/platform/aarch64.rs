@@ -20,7 +20,7 @@ use hypervisor::{Hypervisor, IrqChip, Vcpu};
 
 use super::{insert, serial, GuestFiles, PciLayout, Platform};
 use crate::error::Result;
-use crate::vm::VmEvent;
+use crate::events::VmEvent;
 
 pub use arch::aarch64::layout::{ram_ranges, MAX_CPUS, MIN_MEMORY};
 

@@ -20,7 +20,7 @@ use hypervisor::{Hypervisor, IrqChip, SystemEvent, Vcpu};
 
 use super::{insert, irq_line, serial, GuestFiles, PciLayout, Platform};
 use crate::error::Result;
-use crate::vm::VmEvent;
+use crate::events::VmEvent;
 
 pub use arch::x86_64::layout::{ram_ranges, MIN_MEMORY};
 

@@ -83,7 +83,7 @@ impl DiskImage {
 /// for read-write, shared for read-only, so readers may share an image no one writes.
 pub fn open_image(path: &Path, read_only: bool) -> Result<DiskImage, BlockError> {
     let p = || path.to_path_buf();
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .write(!read_only)
         .custom_flags(libc::O_CLOEXEC)
@@ -98,6 +98,14 @@ pub fn open_image(path: &Path, read_only: bool) -> Result<DiskImage, BlockError>
                 source: e,
             },
         })?;
+    from_file(file, path, read_only)
+}
+
+/// An image from an open `file` (inherited by a device process): checks it as
+/// [`open_image`] does and takes the lock, which an fd inherited from the process that locked
+/// it already holds (flock belongs to the open file).
+pub fn from_file(mut file: File, path: &Path, read_only: bool) -> Result<DiskImage, BlockError> {
+    let p = || path.to_path_buf();
     let meta = file.metadata().map_err(|e| BlockError::Open {
         path: p(),
         source: e,
@@ -206,5 +214,21 @@ mod tests {
         );
         let err = open_image(Path::new("/dev/null"), true).unwrap_err();
         assert!(matches!(err, BlockError::NotADisk(_)), "{err}");
+    }
+
+    #[test]
+    fn an_inherited_fd_keeps_its_lock_and_its_id() {
+        let t = image(4096);
+        let first = open_image(t.as_path(), false).unwrap();
+        // What a device process gets: the same open file, through a duplicated fd.
+        let dup = first.file().try_clone().unwrap();
+        let second = from_file(dup, t.as_path(), false).unwrap();
+        assert_eq!(second.sectors(), 8);
+        assert_eq!(second.default_id(), first.default_id());
+        // Another open of the image is still refused.
+        assert!(matches!(
+            open_image(t.as_path(), false),
+            Err(BlockError::Locked(_))
+        ));
     }
 }

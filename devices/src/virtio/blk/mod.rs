@@ -1,26 +1,21 @@
-//! virtio-blk (virtio 1.2, 5.2) over a raw image: one request queue served by a worker that
-//! moves data straight between the image and guest memory.
+//! virtio-blk (virtio 1.2, 5.2) over a raw image: one request queue, each request moved
+//! straight between the image and guest memory.
 
 mod image;
 mod request;
 #[cfg(test)]
 mod tests;
-mod worker;
 
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::*;
-use virtio_queue::QueueT;
 
-pub use image::{open_image, BlockError, DiskImage, SECTOR_SIZE};
+pub use image::{from_file, open_image, BlockError, DiskImage, SECTOR_SIZE};
 
 use request::{Executor, MAX_DISCARD_SEG};
-use worker::BlockWorker;
 
-use super::{
-    ActivateError, Activation, VirtioDevice, VirtioWorker, COMMON_FEATURES, TYPE_BLOCK,
-    VIRTIO_RING_F_EVENT_IDX,
-};
+use super::backend::{Queues, VirtioBackend};
+use super::COMMON_FEATURES;
 
 pub const QUEUE_SIZE: u16 = 256;
 /// Data segments per request: a full queue minus header and status, so a request fits
@@ -33,9 +28,7 @@ const CONFIG_LEN: usize = 60;
 
 /// A virtio block device backed by a [`DiskImage`].
 pub struct Block {
-    disk: Arc<DiskImage>,
-    read_only: bool,
-    id: [u8; VIRTIO_BLK_ID_BYTES as usize],
+    exec: Executor,
     features: u64,
     config: [u8; CONFIG_LEN],
 }
@@ -65,9 +58,11 @@ impl Block {
         }
         let config = config_space(image.sectors());
         Block {
-            disk: Arc::new(image),
-            read_only,
-            id,
+            exec: Executor {
+                disk: Arc::new(image),
+                read_only,
+                id,
+            },
             features,
             config,
         }
@@ -90,12 +85,12 @@ fn config_space(sectors: u64) -> [u8; CONFIG_LEN] {
     c
 }
 
-impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        TYPE_BLOCK
+impl VirtioBackend for Block {
+    fn name(&self) -> &str {
+        "virtio-blk"
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
+    fn queue_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE]
     }
 
@@ -103,55 +98,20 @@ impl VirtioDevice for Block {
         self.features
     }
 
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = self.config.get(start..) {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
-    }
-
     // The only writable field would be `writeback` (CONFIG_WCE), which is not offered.
-
-    fn activate(&mut self, act: Activation) -> Result<Box<dyn VirtioWorker>, ActivateError> {
-        Ok(Box::new(self.worker(act)?))
+    fn config(&self) -> Vec<u8> {
+        self.config.to_vec()
     }
 
-    // reset(): the queue state went to the stopped worker and the configuration space is
-    // fixed, so there is no per-driver state left to forget.
-}
-
-impl Block {
-    fn worker(&self, act: Activation) -> Result<BlockWorker, ActivateError> {
-        let (Some(mut queue), Some(kick)) =
-            (act.queues.into_iter().next(), act.kicks.into_iter().next())
-        else {
-            return Err(ActivateError::Device(
-                "virtio-blk needs one queue and its kick".into(),
-            ));
-        };
-        if !queue.ready() {
-            return Err(ActivateError::QueueNotReady(0));
+    fn kicked(&self, index: u16, queues: &Queues<'_>) {
+        if index != 0 {
+            return;
         }
-        if !queue.is_valid(&act.mem) {
-            return Err(ActivateError::Device(
-                "virtio-blk: queue 0 lies outside guest memory".into(),
-            ));
-        }
-        queue.set_event_idx(act.features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
-        Ok(BlockWorker {
-            mem: act.mem,
-            queue,
-            kick,
-            interrupt: act.interrupt,
-            exec: Executor {
-                disk: Arc::clone(&self.disk),
-                read_only: self.read_only,
-                id: self.id,
-            },
-        })
+        let mem = queues.mem();
+        // The block device never declines a request.
+        queues.serve(0, |chain| Some(self.exec.process(mem, chain)));
     }
+
+    // reset(): the queue state lives in the framework's vring and the configuration space is
+    // fixed, so there is no per-driver state to forget.
 }

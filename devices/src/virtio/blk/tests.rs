@@ -2,19 +2,17 @@
 //! temporary image, checked by reading back the image, the guest buffers and the used ring.
 
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestAddress};
-use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::tempfile::TempFile;
 
 use super::*;
-use crate::virtio::{GuestMemory, VirtioInterrupt};
+use crate::virtio::queue_util::test_support::TestVrings;
+use crate::virtio::GuestMemory;
 
 const MEM_SIZE: u64 = 0x10_0000;
 const HDR: u64 = 0x1_0000;
@@ -31,23 +29,13 @@ const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 const R: bool = false;
 const W: bool = true;
 
-#[derive(Default)]
-struct CountingInterrupt(AtomicU32);
-
-impl VirtioInterrupt for CountingInterrupt {
-    fn signal_used(&self, queue: u16) {
-        assert_eq!(queue, 0);
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-    fn signal_config(&self) {}
-}
-
 /// A guest with one block device over a temporary image whose byte i is `pattern(i)`.
 struct Guest {
     mem: GuestMemory,
     image: TempFile,
     block: Block,
-    irq: Arc<CountingInterrupt>,
+    /// Interrupts the device raised so far.
+    irqs: std::cell::Cell<u64>,
 }
 
 fn pattern(i: u64) -> u8 {
@@ -69,22 +57,21 @@ impl Guest {
             mem,
             image,
             block: Block::new(disk, read_only, id.map(String::from)),
-            irq: Arc::default(),
+            irqs: Default::default(),
         }
     }
 
-    fn activation(&self, vq: &MockSplitQueue<GuestMemory>, features: u64) -> Activation {
-        Activation {
-            mem: self.mem.clone(),
-            queues: vec![vq.create_queue::<Queue>().unwrap()],
-            kicks: vec![EventFd::new(0).unwrap()],
-            interrupt: self.irq.clone(),
-            features,
-        }
+    /// The vring a backend would serve for `vq` (EVENT_IDX as `features` says).
+    fn vrings(&self, vq: &MockSplitQueue<GuestMemory>, features: u64) -> TestVrings {
+        let q = vq.create_queue::<Queue>().unwrap();
+        let event_idx = features & (1 << crate::virtio::VIRTIO_RING_F_EVENT_IDX) != 0;
+        TestVrings::from_queues(&self.mem, vec![q], event_idx)
     }
 
-    fn worker(&self, vq: &MockSplitQueue<GuestMemory>, features: u64) -> BlockWorker {
-        self.block.worker(self.activation(vq, features)).unwrap()
+    /// What the backend does on a kick; counts the interrupts it raised in `irqs`.
+    fn process(&self, v: &TestVrings) {
+        self.block.kicked(0, &v.queues());
+        self.irqs.set(self.irqs.get() + v.interrupts(0));
     }
 
     fn image_bytes(&self, off: u64, len: usize) -> Vec<u8> {
@@ -115,8 +102,7 @@ impl Guest {
     fn submit(&self, descs: &[(u64, u32, bool)]) -> u32 {
         let vq = MockSplitQueue::new(&self.mem, QUEUE_SIZE);
         vq.add_desc_chains(&chain(descs, 0), 0).unwrap();
-        let mut w = self.worker(&vq, 0);
-        w.process_queue();
+        self.process(&self.vrings(&vq, 0));
         assert_eq!(vq.used().idx().load(), 1, "request consumed");
         let elem = vq.used().ring().ref_at(0).unwrap().load();
         assert_eq!(elem.id(), 0);
@@ -153,7 +139,7 @@ fn read_fills_the_guest_buffer_and_reports_data_plus_status() {
     assert_eq!(g.status(), OK);
     assert_eq!(len, 1025);
     assert_eq!(g.guest_bytes(DATA, 1024), image_pattern(3 * 512, 1024));
-    assert_eq!(g.irq.0.load(Ordering::SeqCst), 1);
+    assert_eq!(g.irqs.get(), 1);
 }
 
 #[test]
@@ -438,8 +424,7 @@ fn looping_chain_is_consumed_and_the_queue_goes_on() {
         2,
     )
     .unwrap();
-    let mut w = g.worker(&vq, 0);
-    w.process_queue();
+    g.process(&g.vrings(&vq, 0));
     assert_eq!(vq.used().idx().load(), 2);
     let first = vq.used().ring().ref_at(0).unwrap().load();
     let second = vq.used().ring().ref_at(1).unwrap().load();
@@ -453,71 +438,29 @@ fn event_idx_suppresses_interrupts_until_used_event() {
     let g = Guest::new(false, None);
     let vq = MockSplitQueue::new(&g.mem, QUEUE_SIZE);
     let event_idx = 1 << crate::virtio::VIRTIO_RING_F_EVENT_IDX;
-    let mut w = g.worker(&vq, event_idx);
+    let v = g.vrings(&vq, event_idx);
     // used_event (after the avail ring) = 1: interrupt once the used index passes 1.
     let used_event = vq.avail_addr().unchecked_add(4 + 2 * u64::from(QUEUE_SIZE));
     g.mem.write_obj(1u16, used_event).unwrap();
     g.header(HDR, IN, 0);
     let req = [(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)];
     vq.add_desc_chains(&chain(&req, 0), 0).unwrap();
-    w.process_queue();
+    g.process(&v);
     assert_eq!(vq.used().idx().load(), 1);
-    assert_eq!(g.irq.0.load(Ordering::SeqCst), 0, "suppressed");
+    assert_eq!(g.irqs.get(), 0, "suppressed");
     // avail_event (after the used ring) tells the driver to kick for the next request.
     let avail_event = vq.used_addr().unchecked_add(4 + 8 * u64::from(QUEUE_SIZE));
     assert_eq!(g.mem.read_obj::<u16>(avail_event).unwrap(), 1);
     vq.add_desc_chains(&chain(&req, 3), 3).unwrap();
-    w.process_queue();
+    g.process(&v);
     assert_eq!(vq.used().idx().load(), 2);
-    assert_eq!(g.irq.0.load(Ordering::SeqCst), 1);
-}
-
-#[test]
-fn worker_serves_kicks_and_returns_on_stop() {
-    let mut g = Guest::new(false, None);
-    let vq = MockSplitQueue::new(&g.mem, QUEUE_SIZE);
-    let act = g.activation(&vq, 0);
-    let kick = act.kicks[0].try_clone().unwrap();
-    let worker = g.block.activate(act).unwrap();
-    let stop = EventFd::new(0).unwrap();
-    let stop2 = stop.try_clone().unwrap();
-    let t = std::thread::spawn(move || worker.run(stop2));
-    g.header(HDR, IN, 5);
-    vq.add_desc_chains(
-        &chain(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)], 0),
-        0,
-    )
-    .unwrap();
-    kick.write(1).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while vq.used().idx().load() != 1 {
-        assert!(std::time::Instant::now() < deadline, "request not served");
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    stop.write(1).unwrap();
-    t.join().unwrap();
-    assert_eq!(g.status(), OK);
-    assert_eq!(g.guest_bytes(DATA, 512), image_pattern(5 * 512, 512));
-    g.block.reset();
-}
-
-#[test]
-fn activate_refuses_a_queue_the_driver_did_not_set_up() {
-    let mut g = Guest::new(false, None);
-    let vq = MockSplitQueue::new(&g.mem, QUEUE_SIZE);
-    let mut act = g.activation(&vq, 0);
-    act.queues[0].set_ready(false);
-    assert!(matches!(
-        g.block.activate(act),
-        Err(ActivateError::QueueNotReady(0))
-    ));
+    assert_eq!(g.irqs.get(), 1);
 }
 
 #[test]
 fn config_space_is_little_endian_and_zero_past_the_end() {
     let g = Guest::new(false, None);
-    assert_eq!(g.block.device_type(), 2);
-    assert_eq!(g.block.queue_max_sizes(), [256]);
+    assert_eq!(g.block.queue_sizes(), [256]);
     let f = g.block.features();
     for bit in [
         VIRTIO_BLK_F_FLUSH,
@@ -533,11 +476,10 @@ fn config_space_is_little_endian_and_zero_past_the_end() {
         crate::virtio::COMMON_FEATURES
     );
     assert_eq!(f & 1 << VIRTIO_BLK_F_RO, 0);
-    let read = |off: u64, len: usize| {
-        let mut b = vec![0xffu8; len];
-        g.block.read_config(off, &mut b);
-        b
-    };
+    let backend = crate::virtio::backend::Backend::new(g.block);
+    // What a frontend's GET_CONFIG returns.
+    let read =
+        |off: u32, len: u32| vhost_user_backend::VhostUserBackend::get_config(&backend, off, len);
     assert_eq!(read(0, 8), IMAGE_SECTORS.to_le_bytes());
     assert_eq!(read(12, 4), SEG_MAX.to_le_bytes());
     assert_eq!(read(20, 4), 512u32.to_le_bytes());
@@ -545,10 +487,5 @@ fn config_space_is_little_endian_and_zero_past_the_end() {
     assert_eq!(read(56, 1), [1]);
     assert_eq!(read(58, 4), [0; 4]);
     assert_eq!(read(4096, 4), [0; 4]);
-    assert_eq!(read(u64::MAX, 2), [0; 2]);
-    let mut b = g;
-    b.block.write_config(0, &[1, 2, 3, 4]);
-    let mut cap = [0u8; 8];
-    b.block.read_config(0, &mut cap);
-    assert_eq!(cap, IMAGE_SECTORS.to_le_bytes());
+    assert_eq!(read(u32::MAX, 2), [0; 2]);
 }

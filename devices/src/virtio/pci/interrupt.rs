@@ -43,6 +43,11 @@ impl PciInterrupt {
         }
     }
 
+    /// Whether the device has an INTx line.
+    pub fn has_intx(&self) -> bool {
+        self.intx.is_some()
+    }
+
     /// The ISR status register: reading it clears it (virtio 1.2, 4.1.4.5).
     pub fn read_isr(&self) -> u8 {
         match &self.intx {

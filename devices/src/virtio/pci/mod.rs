@@ -1,32 +1,39 @@
 //! The virtio-pci transport (virtio 1.2, 4.1), modern only: one 64-bit memory BAR holding the
 //! common configuration, ISR, device configuration, notification area and the MSI-X table.
-//! Queue notifications normally never get here (the VMM registers an ioeventfd on each
-//! queue's notify address); writes that do trap are forwarded to the same kick fd.
+//! The device itself is a vhost-user backend elsewhere; the transport hands activation, reset
+//! and configuration writes to its control side without waiting ([`DeviceControl`]).
+//!
+//! The data path never comes here. Queue notifications are ioeventfds the backend reads (a
+//! write that traps anyway is forwarded to the same kick fd); the backend's call fds are
+//! connected straight to their MSI-X vectors' irqfds while those are unmasked, disconnected
+//! while masked (a signal then waits in the fd and is delivered on unmasking), and watched by
+//! the VMM, which raises INTx, while MSI-X is off.
 
 mod common;
+mod control;
 mod interrupt;
 
 use std::sync::{Arc, Mutex};
 
-use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use self::common::{
-    CommonConfig, CommonWrite, COMMON_CFG_LEN, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK,
-    STATUS_FEATURES_OK,
+    CommonConfig, CommonWrite, COMMON_CFG_LEN, NO_VECTOR, STATUS_DEVICE_NEEDS_RESET,
+    STATUS_DRIVER_OK, STATUS_FEATURES_OK,
 };
 use self::interrupt::PciInterrupt;
-use super::{
-    Activation, GuestMemory, Running, Spawner, VirtioDevice, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
-};
+use super::frontend::QueueSetup;
+use super::{rings_in_memory, GuestMemory, VirtioInterrupt, VIRTIO_F_VERSION_1};
 use crate::bus::lock;
 use crate::log_limited;
 use crate::pci::msix::MSIX_CONTROL;
 use crate::pci::{
     BarKind, ConfigWrite, IntxLine, MsiVector, Msix, PciConfig, PciDevice, PciHeader,
 };
+pub use control::{ControlState, DeviceControl, Wiring};
+
+/// Offset of `device_status` in the common configuration.
+const STATUS_OFFSET: u64 = 0x14;
 
 /// BAR 0 layout. Each region sits in its own 4 KiB page so a driver may map them separately.
 const COMMON_OFFSET: u64 = 0x0000;
@@ -52,20 +59,62 @@ const CAP_PCI_CFG: u8 = 5;
 const VIRTIO_VENDOR_ID: u16 = 0x1af4;
 const VIRTIO_DEVICE_ID_BASE: u16 = 0x1040;
 
+/// What the transport needs to know of the device behind it.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    /// Virtio device type (2 block, 3 console, 4 rng, ...).
+    pub device_type: u32,
+    /// Maximum size of each queue; the length is the number of queues.
+    pub queue_sizes: Vec<u16>,
+    /// Feature bits the device offers.
+    pub features: u64,
+    /// The configuration space as the device reported it.
+    pub config: Vec<u8>,
+}
+
+/// Where each queue's call fd goes now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// Nowhere: signals wait in the fd (stopped device, masked or no vector).
+    None,
+    /// Connected to this MSI-X vector's irqfd.
+    Msi(u16),
+    /// Watched by the VMM, which raises INTx.
+    Intx,
+}
+
+/// Where the device is in its life, as the transport sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Not started (after power-on or a completed reset).
+    Idle,
+    /// Activation handed to the control side: it runs, or failed (ControlState says).
+    Active,
+    /// The driver wrote 0 to device_status; the control side is stopping the rings. The
+    /// status reads as it was (non-zero) until that is done: drivers poll it for 0.
+    Resetting(u8),
+}
+
 /// A virtio device on the PCI bus.
 pub struct VirtioPci {
     name: String,
+    device_type: u32,
     config: PciConfig,
-    device: Box<dyn VirtioDevice>,
     common: CommonConfig,
     msix: Arc<Mutex<Msix>>,
     msix_cap: usize,
     pci_cfg_cap: usize,
     interrupt: Arc<PciInterrupt>,
     kicks: Vec<EventFd>,
+    calls: Vec<EventFd>,
+    routes: Vec<Route>,
     mem: GuestMemory,
-    spawner: Arc<dyn Spawner>,
-    running: Option<(EventFd, Box<dyn Running>)>,
+    control: Box<dyn DeviceControl>,
+    state: Arc<ControlState>,
+    wiring: Arc<dyn Wiring>,
+    /// Where the notification ioeventfds are registered (BAR 0's address when last moved).
+    notify_at: u64,
+    phase: Phase,
 }
 
 /// The bytes of a `virtio_pci_cap` (without the generic PCI header the config adds).
@@ -78,24 +127,47 @@ fn virtio_cap(cfg_type: u8, offset: u64, length: u64, extra: &[u8]) -> Vec<u8> {
     c
 }
 
+/// How a transport is wired up: everything [`VirtioPci::new`] takes besides the device.
+pub struct TransportParts {
+    pub mem: GuestMemory,
+    /// Guest address of BAR 0 (64-bit, [`BAR_SIZE`] bytes).
+    pub bar_addr: u64,
+    /// One MSI-X vector per queue plus one for configuration changes.
+    pub vectors: Vec<Arc<dyn MsiVector>>,
+    /// INTx pin A, for drivers that do not enable MSI-X.
+    pub intx: Option<Arc<dyn IntxLine>>,
+    pub wiring: Arc<dyn Wiring>,
+}
+
 impl VirtioPci {
-    /// Wraps `device` with its BAR at `bar_addr` (64-bit, [`BAR_SIZE`] bytes), one MSI-X
-    /// vector per queue plus one for configuration changes in `vectors`, and INTx pin A on
-    /// `intx` for drivers that do not enable MSI-X.
-    pub fn new(
+    /// Puts the device described by `info` on a transport. `control` builds the device's
+    /// control side from the state it reports through; it gets the queues' kick and call fds
+    /// (the ones the backend must be given).
+    pub fn new<F>(
         name: String,
-        device: Box<dyn VirtioDevice>,
-        mem: GuestMemory,
-        bar_addr: u64,
-        vectors: Vec<Arc<dyn MsiVector>>,
-        intx: Option<Arc<dyn IntxLine>>,
-        spawner: Arc<dyn Spawner>,
-    ) -> std::io::Result<Self> {
+        info: DeviceInfo,
+        parts: TransportParts,
+        control: F,
+    ) -> std::io::Result<Self>
+    where
+        F: FnOnce(
+            Arc<ControlState>,
+            &[EventFd],
+            &[EventFd],
+        ) -> std::io::Result<Box<dyn DeviceControl>>,
+    {
         let err = |e: String| std::io::Error::other(format!("{name}: {e}"));
-        let queues = device.queue_max_sizes().len();
+        let queues = info.queue_sizes.len();
+        let TransportParts {
+            mem,
+            bar_addr,
+            vectors,
+            intx,
+            wiring,
+        } = parts;
         let mut config = PciConfig::new(&PciHeader {
             vendor_id: VIRTIO_VENDOR_ID,
-            device_id: VIRTIO_DEVICE_ID_BASE + device.device_type() as u16,
+            device_id: VIRTIO_DEVICE_ID_BASE + info.device_type as u16,
             revision: 1,
             class: 0xff,
             subclass: 0,
@@ -150,30 +222,44 @@ impl VirtioPci {
         }
 
         let msix = Arc::new(Mutex::new(msix));
-        let kicks = (0..queues)
-            .map(|_| EventFd::new(EFD_NONBLOCK))
-            .collect::<std::io::Result<Vec<_>>>()?;
-        let common = CommonConfig::new(device.features(), device.queue_max_sizes());
+        let fds = || {
+            (0..queues)
+                .map(|_| EventFd::new(EFD_NONBLOCK))
+                .collect::<std::io::Result<Vec<_>>>()
+        };
+        let (kicks, calls) = (fds()?, fds()?);
+        let interrupt = Arc::new(PciInterrupt::new(msix.clone(), intx, queues));
+        let state = Arc::new(ControlState::new(info.config, interrupt.clone()));
+        let control = control(state.clone(), &kicks, &calls)?;
         Ok(VirtioPci {
             name,
+            device_type: info.device_type,
             config,
-            interrupt: Arc::new(PciInterrupt::new(msix.clone(), intx, queues)),
-            device,
-            common,
+            common: CommonConfig::new(info.features, &info.queue_sizes),
+            interrupt,
             msix,
             msix_cap,
             pci_cfg_cap,
+            routes: vec![Route::None; queues],
             kicks,
+            calls,
             mem,
-            spawner,
-            running: None,
+            control,
+            state,
+            wiring,
+            notify_at: bar_addr,
+            phase: Phase::Idle,
         })
     }
 
     /// Guest addresses of the queues' notifications and the fds they should signal, for the
     /// VMM to register as ioeventfds (4-byte or any-width writes; the value does not matter).
     pub fn ioevents(&self) -> Vec<(u64, &EventFd)> {
-        let base = self.config.bar_addr(0).unwrap_or(0) + NOTIFY_OFFSET;
+        self.notify_addresses(self.notify_at)
+    }
+
+    fn notify_addresses(&self, bar: u64) -> Vec<(u64, &EventFd)> {
+        let base = bar + NOTIFY_OFFSET;
         self.kicks
             .iter()
             .enumerate()
@@ -181,29 +267,52 @@ impl VirtioPci {
             .collect()
     }
 
-    fn stop_worker(&mut self) {
-        if let Some((stop, running)) = self.running.take() {
-            if let Err(e) = stop.write(1) {
-                log::error!("{}: cannot stop worker: {e}", self.name);
-            }
-            running.join();
-        }
+    /// The virtio device type.
+    pub fn device_type(&self) -> u32 {
+        self.device_type
     }
 
-    fn reset(&mut self) {
-        self.stop_worker();
-        self.device.reset();
+    /// `device_status` as the driver reads it.
+    fn status(&mut self) -> u8 {
+        if let Phase::Resetting(old) = self.phase {
+            if self.state.resetting() {
+                return old;
+            }
+            self.finish_reset();
+        }
+        let mut status = self.common.status;
+        if self.state.failed() {
+            status |= STATUS_DEVICE_NEEDS_RESET;
+        }
+        status
+    }
+
+    /// The control side stopped the device: back to power-on state.
+    fn finish_reset(&mut self) {
         self.common.reset();
         self.interrupt.reset();
-        for k in &self.kicks {
-            // Drain stale notifications so the next worker does not see them.
+        self.state.clear_failed();
+        for k in self.kicks.iter().chain(&self.calls) {
+            // Stale notifications and interrupts of the old driver.
             let _ = k.read();
         }
+        self.phase = Phase::Idle;
     }
 
     fn set_status(&mut self, status: u8) {
+        if let Phase::Resetting(_) = self.phase {
+            if self.state.resetting() {
+                log_limited!(
+                    log::Level::Warn,
+                    "{}: status write during a reset ignored",
+                    self.name
+                );
+                return;
+            }
+            self.finish_reset();
+        }
         if status == 0 {
-            self.reset();
+            self.start_reset();
             return;
         }
         let old = self.common.status;
@@ -220,75 +329,130 @@ impl VirtioPci {
             }
         }
         self.common.status = status;
-        if status & STATUS_DRIVER_OK != 0 && old & STATUS_DRIVER_OK == 0 {
-            if let Err(e) = self.activate() {
-                log_limited!(log::Level::Error, "{}: activation failed: {e}", self.name);
-                self.common.status |= STATUS_DEVICE_NEEDS_RESET;
-                self.interrupt_config();
+        if status & STATUS_DRIVER_OK != 0 && self.phase == Phase::Idle {
+            match self.activation() {
+                Ok(queues) => {
+                    self.control.activate(self.common.driver_features, queues);
+                    self.phase = Phase::Active;
+                    self.sync_routes();
+                }
+                Err(e) => {
+                    log_limited!(log::Level::Warn, "{}: activation refused: {e}", self.name);
+                    self.common.status |= STATUS_DEVICE_NEEDS_RESET;
+                    self.interrupt.signal_config();
+                }
             }
         }
     }
 
-    fn interrupt_config(&self) {
-        use super::VirtioInterrupt;
-        self.interrupt.signal_config();
+    fn start_reset(&mut self) {
+        match self.phase {
+            Phase::Idle => self.finish_reset(),
+            Phase::Active => {
+                let old = self.status().max(1);
+                self.phase = Phase::Resetting(old);
+                self.sync_routes();
+                self.state.start_reset();
+                self.control.reset();
+            }
+            Phase::Resetting(_) => {}
+        }
     }
 
-    fn activate(&mut self) -> Result<(), String> {
+    /// The queues as the driver set them up, checked: sizes within bounds and rings inside
+    /// guest memory (so no backend is ever handed a ring it cannot map).
+    fn activation(&self) -> Result<Vec<Option<QueueSetup>>, String> {
         if self.common.status & STATUS_FEATURES_OK == 0 {
             return Err("DRIVER_OK without FEATURES_OK".into());
         }
-        let features = self.common.driver_features;
-        let mut queues = Vec::with_capacity(self.common.queues.len());
-        for (i, qc) in self.common.queues.iter().enumerate() {
-            let mut q = Queue::new(qc.max_size).map_err(|e| format!("queue {i}: {e:?}"))?;
-            if qc.enabled {
-                q.try_set_size(qc.size)
-                    .and_then(|_| q.try_set_desc_table_address(GuestAddress(qc.desc)))
-                    .and_then(|_| q.try_set_avail_ring_address(GuestAddress(qc.avail)))
-                    .and_then(|_| q.try_set_used_ring_address(GuestAddress(qc.used)))
-                    .map_err(|e| format!("queue {i}: {e:?}"))?;
-                q.set_event_idx(features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
-                q.set_ready(true);
-                if !q.is_valid(&self.mem) {
+        self.common
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, qc)| {
+                if !qc.enabled {
+                    return Ok(None);
+                }
+                if qc.size == 0 || qc.size > qc.max_size || !qc.size.is_power_of_two() {
+                    return Err(format!("queue {i}: size {}", qc.size));
+                }
+                if !rings_in_memory(&self.mem, qc.size, qc.desc, qc.avail, qc.used) {
                     return Err(format!("queue {i} lies outside guest memory"));
                 }
-            }
-            queues.push(q);
-        }
-        let kicks = self
-            .kicks
-            .iter()
-            .map(|k| k.try_clone())
-            .collect::<std::io::Result<Vec<_>>>()
-            .map_err(|e| e.to_string())?;
-        let worker = self
-            .device
-            .activate(Activation {
-                mem: self.mem.clone(),
-                queues,
-                kicks,
-                interrupt: self.interrupt.clone(),
-                features,
+                Ok(Some(QueueSetup {
+                    size: qc.size,
+                    desc: qc.desc,
+                    avail: qc.avail,
+                    used: qc.used,
+                }))
             })
-            .map_err(|e| e.to_string())?;
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(|e| e.to_string())?;
-        let stop_clone = stop.try_clone().map_err(|e| e.to_string())?;
-        let running = self
-            .spawner
-            .spawn(self.name.clone(), worker, stop_clone)
-            .map_err(|e| format!("cannot start worker: {e}"))?;
-        self.running = Some((stop, running));
-        Ok(())
+            .collect()
+    }
+
+    /// Where queue `q`'s call fd should go now.
+    fn wanted_route(&self, q: usize, msix: &Msix) -> Route {
+        if self.phase != Phase::Active {
+            return Route::None;
+        }
+        if msix.enabled() {
+            let v = self.common.queues[q].msix_vector;
+            if v != NO_VECTOR && msix.delivers(v) {
+                return Route::Msi(v);
+            }
+            return Route::None;
+        }
+        if self.interrupt.has_intx() {
+            Route::Intx
+        } else {
+            Route::None
+        }
+    }
+
+    /// Connects each call fd where it should go; called after anything that can change that
+    /// (activation, reset, MSI-X enable and masks).
+    fn sync_routes(&mut self) {
+        let msix = lock(&self.msix);
+        for q in 0..self.calls.len() {
+            let want = self.wanted_route(q, &msix);
+            let have = self.routes[q];
+            if want == have {
+                continue;
+            }
+            let call = &self.calls[q];
+            match have {
+                Route::Msi(v) => {
+                    if let Some(vec) = msix.vector(v) {
+                        vec.disconnect(call);
+                    }
+                }
+                Route::Intx => self.wiring.unwatch_call(call),
+                Route::None => {}
+            }
+            match want {
+                Route::Msi(v) => {
+                    if let Some(vec) = msix.vector(v) {
+                        vec.connect(call);
+                    }
+                }
+                Route::Intx => {
+                    let irq = self.interrupt.clone();
+                    self.wiring
+                        .watch_call(call, Box::new(move || irq.signal_used(q as u16)));
+                }
+                Route::None => {}
+            }
+            self.routes[q] = want;
+        }
     }
 
     fn read_bar0(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         match offset {
+            STATUS_OFFSET if data.len() == 1 => data[0] = self.status(),
             o if o < COMMON_OFFSET + COMMON_CFG_LEN => self.common.read(o, data),
             ISR_OFFSET if data.len() == 1 => data[0] = self.interrupt.read_isr(),
             o if (DEVICE_CFG_OFFSET..DEVICE_CFG_OFFSET + DEVICE_CFG_LEN).contains(&o) => {
-                self.device.read_config(o - DEVICE_CFG_OFFSET, data)
+                self.state.read_config(o - DEVICE_CFG_OFFSET, data)
             }
             o if (MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET).contains(&o) => {
                 lock(&self.msix).read_table(o - MSIX_TABLE_OFFSET, data)
@@ -309,7 +473,9 @@ impl VirtioPci {
                 CommonWrite::None => {}
             },
             o if (DEVICE_CFG_OFFSET..DEVICE_CFG_OFFSET + DEVICE_CFG_LEN).contains(&o) => {
-                self.device.write_config(o - DEVICE_CFG_OFFSET, data)
+                let off = o - DEVICE_CFG_OFFSET;
+                self.state.write_config(off, data);
+                self.control.write_config(off as u32, data.to_vec());
             }
             o if (NOTIFY_OFFSET..NOTIFY_OFFSET + NOTIFY_LEN).contains(&o) => {
                 let q = ((o - NOTIFY_OFFSET) / u64::from(NOTIFY_MULTIPLIER)) as usize;
@@ -321,7 +487,8 @@ impl VirtioPci {
                 }
             }
             o if (MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET).contains(&o) => {
-                lock(&self.msix).write_table(o - MSIX_TABLE_OFFSET, data)
+                lock(&self.msix).write_table(o - MSIX_TABLE_OFFSET, data);
+                self.sync_routes();
             }
             _ => log_limited!(
                 log::Level::Warn,
@@ -340,6 +507,25 @@ impl VirtioPci {
         let len = self.config.read_reg(base + 3) as usize;
         (bar == u32::from(BAR) && matches!(len, 1 | 2 | 4) && offset + len as u64 <= BAR_SIZE)
             .then_some((offset, len))
+    }
+
+    /// BAR 0 moved to `new`: the notification ioeventfds follow it. A sizing probe writes
+    /// all ones to each half in turn and then restores them; an address with either half
+    /// all ones is that probe, not a place anyone will notify.
+    fn bar_moved(&mut self, new: u64) {
+        let low_ones = (new as u32) | (BAR_SIZE as u32 - 1) == u32::MAX;
+        if low_ones || new >> 32 == u64::from(u32::MAX) || new == self.notify_at {
+            return;
+        }
+        let old = self.notify_at;
+        for ((old_addr, fd), (new_addr, _)) in self
+            .notify_addresses(old)
+            .into_iter()
+            .zip(self.notify_addresses(new))
+        {
+            self.wiring.move_notify(fd, old_addr, new_addr);
+        }
+        self.notify_at = new;
     }
 }
 
@@ -368,9 +554,9 @@ impl PciDevice for VirtioPci {
             ConfigWrite::Capability(at) if at == self.msix_cap => {
                 let control = self.config.read_u16(at + MSIX_CONTROL);
                 lock(&self.msix).set_control(control);
+                self.sync_routes();
             }
-            // Sizing probes move BARs too. A real move leaves the ioeventfds at the old
-            // address; notifications then trap here and still reach the kick fds.
+            ConfigWrite::BarMoved { index: 0, new, .. } => self.bar_moved(new),
             ConfigWrite::BarMoved { .. } | ConfigWrite::Capability(_) | ConfigWrite::Other => {}
         }
     }

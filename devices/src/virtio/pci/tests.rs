@@ -1,5 +1,8 @@
-//! The transport driven the way Linux's virtio_pci_modern driver drives it.
+//! The transport driven the way Linux's virtio_pci_modern driver drives it, over a fake
+//! control side (the vhost-user frontend's place) and fake hypervisor wiring.
 
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -8,62 +11,62 @@ use vm_memory::GuestAddress;
 use super::common::{STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK, STATUS_FEATURES_OK};
 use super::*;
 use crate::pci::{IntxLine, MsiMessage, MsiVector, PciDevice};
-use crate::virtio::{ActivateError, VirtioWorker};
+use crate::virtio::VIRTIO_RING_F_EVENT_IDX;
 
 const BAR_ADDR: u64 = 0x1_0000_0000;
 const ACK_DRIVER: u8 = 1 | 2;
 
+type OnSignal = Arc<dyn Fn() + Send + Sync>;
+
 #[derive(Default)]
 struct Record {
-    activations: AtomicUsize,
+    activations: Mutex<Vec<(u64, Vec<Option<QueueSetup>>)>>,
     resets: AtomicUsize,
+    config_writes: Mutex<Vec<(u32, Vec<u8>)>>,
     triggers: Mutex<Vec<usize>>,
     intx: Mutex<Vec<bool>>,
     messages: Mutex<Vec<(usize, MsiMessage)>>,
+    /// Call fds connected to each vector, as the VMM would register irqfds.
+    connected: Mutex<HashMap<usize, Vec<RawFd>>>,
+    /// Call fds the VMM watches for INTx, with what to run on a signal.
+    watched: Mutex<Vec<(RawFd, OnSignal)>>,
+    moves: Mutex<Vec<(u64, u64)>>,
+    state: Mutex<Option<Arc<ControlState>>>,
+    calls: Mutex<Vec<RawFd>>,
 }
 
-/// One queue; its worker answers each kick with a used-buffer interrupt.
-struct FakeDevice(Arc<Record>);
-
-struct FakeWorker(Activation);
-
-impl VirtioWorker for FakeWorker {
-    fn run(self: Box<Self>, stop: EventFd) {
-        let mut el = crate::virtio::worker::EventLoop::new().unwrap();
-        el.add(&self.0.kicks[0], 0).unwrap();
-        el.add(&stop, 1).unwrap();
-        loop {
-            for t in el.wait().unwrap() {
-                if t == 1 {
-                    return;
-                }
-                let _ = self.0.kicks[0].read();
-                self.0.interrupt.signal_used(0);
-            }
-        }
+impl Record {
+    fn activations(&self) -> usize {
+        self.activations.lock().unwrap().len()
+    }
+    fn state(&self) -> Arc<ControlState> {
+        self.state.lock().unwrap().clone().unwrap()
+    }
+    fn connected(&self, v: usize) -> Vec<RawFd> {
+        self.connected
+            .lock()
+            .unwrap()
+            .get(&v)
+            .cloned()
+            .unwrap_or_default()
+    }
+    fn call(&self, q: usize) -> RawFd {
+        self.calls.lock().unwrap()[q]
     }
 }
 
-impl VirtioDevice for FakeDevice {
-    fn device_type(&self) -> u32 {
-        4
+/// The control side: records requests; the test completes resets by hand.
+struct FakeControl(Arc<Record>);
+
+impl DeviceControl for FakeControl {
+    fn activate(&self, features: u64, queues: Vec<Option<QueueSetup>>) {
+        self.0.activations.lock().unwrap().push((features, queues));
     }
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[16]
-    }
-    fn features(&self) -> u64 {
-        crate::virtio::COMMON_FEATURES
-    }
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(offset as u8 + 0x40);
-    }
-    fn activate(&mut self, act: Activation) -> Result<Box<dyn VirtioWorker>, ActivateError> {
-        self.0.activations.fetch_add(1, Ordering::SeqCst);
-        assert!(act.queues[0].ready());
-        Ok(Box::new(FakeWorker(act)))
-    }
-    fn reset(&mut self) {
+    fn reset(&self) {
         self.0.resets.fetch_add(1, Ordering::SeqCst);
+    }
+    fn write_config(&self, offset: u32, data: Vec<u8>) {
+        self.0.config_writes.lock().unwrap().push((offset, data));
     }
 }
 
@@ -76,6 +79,19 @@ impl MsiVector for Vector {
     fn trigger(&self) {
         self.1.triggers.lock().unwrap().push(self.0);
     }
+    fn connect(&self, fd: &EventFd) {
+        let mut c = self.1.connected.lock().unwrap();
+        let fds = c.entry(self.0).or_default();
+        assert!(!fds.contains(&fd.as_raw_fd()), "connected twice");
+        fds.push(fd.as_raw_fd());
+    }
+    fn disconnect(&self, fd: &EventFd) {
+        let mut c = self.1.connected.lock().unwrap();
+        let fds = c.entry(self.0).or_default();
+        let before = fds.len();
+        fds.retain(|f| *f != fd.as_raw_fd());
+        assert_eq!(fds.len() + 1, before, "disconnected what was not connected");
+    }
 }
 
 struct Line(Arc<Record>);
@@ -86,27 +102,25 @@ impl IntxLine for Line {
     }
 }
 
-struct Threads;
+struct FakeWiring(Arc<Record>);
 
-struct Joined(std::thread::JoinHandle<()>);
-
-impl Running for Joined {
-    fn join(self: Box<Self>) {
-        self.0.join().unwrap();
+impl Wiring for FakeWiring {
+    fn watch_call(&self, fd: &EventFd, on_signal: Box<dyn Fn() + Send + Sync>) {
+        self.0
+            .watched
+            .lock()
+            .unwrap()
+            .push((fd.as_raw_fd(), Arc::from(on_signal)));
     }
-}
-
-impl Spawner for Threads {
-    fn spawn(
-        &self,
-        name: String,
-        worker: Box<dyn VirtioWorker>,
-        stop: EventFd,
-    ) -> std::io::Result<Box<dyn Running>> {
-        let t = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || worker.run(stop))?;
-        Ok(Box::new(Joined(t)))
+    fn unwatch_call(&self, fd: &EventFd) {
+        self.0
+            .watched
+            .lock()
+            .unwrap()
+            .retain(|(f, _)| *f != fd.as_raw_fd());
+    }
+    fn move_notify(&self, _fd: &EventFd, old: u64, new: u64) {
+        self.0.moves.lock().unwrap().push((old, new));
     }
 }
 
@@ -116,15 +130,26 @@ fn device() -> (VirtioPci, Arc<Record>) {
     let vectors: Vec<Arc<dyn MsiVector>> = (0..2)
         .map(|i| Arc::new(Vector(i, rec.clone())) as Arc<dyn MsiVector>)
         .collect();
-    let d = VirtioPci::new(
-        "test".into(),
-        Box::new(FakeDevice(rec.clone())),
+    let info = DeviceInfo {
+        device_type: 4,
+        queue_sizes: vec![16],
+        features: crate::virtio::COMMON_FEATURES,
+        config: (0..8).map(|i| 0x40 + i).collect(),
+    };
+    let parts = TransportParts {
         mem,
-        BAR_ADDR,
+        bar_addr: BAR_ADDR,
         vectors,
-        Some(Arc::new(Line(rec.clone()))),
-        Arc::new(Threads),
-    )
+        intx: Some(Arc::new(Line(rec.clone()))),
+        wiring: Arc::new(FakeWiring(rec.clone())),
+    };
+    let r2 = rec.clone();
+    let d = VirtioPci::new("test".into(), info, parts, move |state, kicks, calls| {
+        assert_eq!((kicks.len(), calls.len()), (1, 1));
+        *r2.state.lock().unwrap() = Some(state);
+        *r2.calls.lock().unwrap() = calls.iter().map(|c| c.as_raw_fd()).collect();
+        Ok(Box::new(FakeControl(r2.clone())))
+    })
     .unwrap();
     (d, rec)
 }
@@ -205,16 +230,6 @@ fn bring_up(d: &mut VirtioPci, features: u64) -> u8 {
     r(d, 0x14, 1) as u8
 }
 
-fn wait_for(mut f: impl FnMut() -> bool) -> bool {
-    for _ in 0..500 {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    false
-}
-
 #[test]
 fn capabilities_describe_the_bar_layout() {
     let (mut d, _) = device();
@@ -246,7 +261,7 @@ fn capabilities_describe_the_bar_layout() {
 }
 
 #[test]
-fn negotiation_activation_kick_interrupt_and_reset() {
+fn negotiation_activation_routing_and_an_asynchronous_reset() {
     let (mut d, rec) = device();
     enable(&mut d);
     assert_eq!(r(&mut d, 0x12, 2), 1, "num_queues");
@@ -254,11 +269,23 @@ fn negotiation_activation_kick_interrupt_and_reset() {
     assert_eq!(
         r(&mut d, DEVICE_CFG_OFFSET + 2, 1),
         0x42,
-        "device config reaches the device"
+        "device config comes from the backend's, cached"
     );
     let status = bring_up(&mut d, crate::virtio::COMMON_FEATURES);
     assert_eq!(status & STATUS_DRIVER_OK, STATUS_DRIVER_OK);
-    assert_eq!(rec.activations.load(Ordering::SeqCst), 1);
+    let acts = rec.activations.lock().unwrap().clone();
+    assert_eq!(
+        acts,
+        [(
+            crate::virtio::COMMON_FEATURES,
+            vec![Some(QueueSetup {
+                size: 16,
+                desc: 0x1000,
+                avail: 0x2000,
+                used: 0x3000
+            })]
+        )]
+    );
     let msgs = rec.messages.lock().unwrap().clone();
     assert!(msgs.contains(&(
         1,
@@ -267,22 +294,139 @@ fn negotiation_activation_kick_interrupt_and_reset() {
             data: 0x41
         }
     )));
+    // The queue's call fd goes straight to its vector.
+    assert_eq!(rec.connected(1), [rec.call(0)]);
 
-    // A notify that trapped (no ioeventfd) still reaches the worker, whose interrupt
-    // goes out on the queue's vector.
+    // A notify that trapped (no ioeventfd) still reaches the backend's kick fd.
     w(&mut d, NOTIFY_OFFSET, &0u16.to_le_bytes());
-    assert!(wait_for(|| rec.triggers.lock().unwrap().contains(&1)));
-    assert_eq!(r(&mut d, ISR_OFFSET, 1), 1, "ISR says queue interrupt");
-    assert_eq!(r(&mut d, ISR_OFFSET, 1), 0, "and reading cleared it");
+    assert_eq!(d.kicks[0].read().unwrap(), 1);
 
+    // Reset: the status stays non-zero until the control side has stopped the rings.
     w(&mut d, 0x14, &[0]);
-    assert_eq!(r(&mut d, 0x14, 1), 0);
     assert_eq!(rec.resets.load(Ordering::SeqCst), 1);
+    assert!(rec.connected(1).is_empty(), "call fd disconnected at reset");
+    assert_ne!(r(&mut d, 0x14, 1), 0, "still resetting");
+    w(&mut d, 0x14, &[ACK_DRIVER]);
+    assert_eq!(
+        rec.resets.load(Ordering::SeqCst),
+        1,
+        "writes during a reset ignored"
+    );
+    rec.state().reset_done();
+    assert_eq!(r(&mut d, 0x14, 1), 0);
     assert_eq!(r(&mut d, 0x1a, 2), u64::from(common::NO_VECTOR));
     // After reset the device comes up again.
     let status = bring_up(&mut d, crate::virtio::COMMON_FEATURES);
     assert_ne!(status & STATUS_DRIVER_OK, 0);
-    assert_eq!(rec.activations.load(Ordering::SeqCst), 2);
+    assert_eq!(rec.activations(), 2);
+}
+
+#[test]
+fn driver_ok_toggled_without_a_reset_does_not_start_a_second_backend() {
+    let (mut d, rec) = device();
+    enable(&mut d);
+    bring_up(&mut d, crate::virtio::COMMON_FEATURES);
+    for _ in 0..100 {
+        w(&mut d, 0x14, &[ACK_DRIVER | STATUS_FEATURES_OK]);
+        w(
+            &mut d,
+            0x14,
+            &[ACK_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK],
+        );
+    }
+    assert_eq!(rec.activations(), 1);
+    assert_eq!(rec.connected(1).len(), 1);
+}
+
+#[test]
+fn a_reset_of_a_device_never_started_completes_at_once() {
+    let (mut d, rec) = device();
+    d.write_config(1, 0, &[0x02, 0]);
+    w(&mut d, 0x14, &[ACK_DRIVER]);
+    w(&mut d, 0x14, &[0]);
+    assert_eq!(r(&mut d, 0x14, 1), 0);
+    assert_eq!(rec.resets.load(Ordering::SeqCst), 0, "nothing to stop");
+}
+
+#[test]
+fn a_failed_backend_shows_needs_reset_and_a_config_interrupt() {
+    let (mut d, rec) = device();
+    enable(&mut d);
+    // Configuration changes on vector 0.
+    w(&mut d, 0x10, &0u16.to_le_bytes());
+    bring_up(&mut d, crate::virtio::COMMON_FEATURES);
+    rec.state().fail();
+    assert_ne!(r(&mut d, 0x14, 1) as u8 & STATUS_DEVICE_NEEDS_RESET, 0);
+    assert!(rec.triggers.lock().unwrap().contains(&0));
+    // A reset clears it.
+    w(&mut d, 0x14, &[0]);
+    rec.state().reset_done();
+    assert_eq!(r(&mut d, 0x14, 1), 0);
+}
+
+#[test]
+fn masking_disconnects_the_call_fd_and_unmasking_reconnects_it() {
+    let (mut d, rec) = device();
+    enable(&mut d);
+    bring_up(&mut d, crate::virtio::COMMON_FEATURES);
+    let call = rec.call(0);
+    // Mask vector 1: its irqfd goes, so a signal waits in the call fd.
+    w(&mut d, MSIX_TABLE_OFFSET + 16 + 12, &1u32.to_le_bytes());
+    assert!(rec.connected(1).is_empty());
+    d.calls[0].write(1).unwrap();
+    // Unmask: connected again, and (with KVM) the pending signal is delivered at once.
+    w(&mut d, MSIX_TABLE_OFFSET + 16 + 12, &0u32.to_le_bytes());
+    assert_eq!(rec.connected(1), [call]);
+    assert_eq!(d.calls[0].read().unwrap(), 1, "the signal waited in the fd");
+    // The function mask works the same.
+    let mut at = (d.read_config(0x34 / 4) & 0xff) as usize;
+    while d.read_config(at / 4) & 0xff != 0x11 {
+        at = ((d.read_config(at / 4) >> 8) & 0xff) as usize;
+    }
+    d.write_config(at / 4, 3, &[0xc0]);
+    assert!(rec.connected(1).is_empty());
+    d.write_config(at / 4, 3, &[0x80]);
+    assert_eq!(rec.connected(1), [call]);
+    // MSI-X off: the VMM watches the call fd and raises INTx instead.
+    d.write_config(at / 4, 3, &[0x00]);
+    assert!(rec.connected(1).is_empty());
+    assert_eq!(rec.watched.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn device_config_writes_go_to_the_backend_and_the_cache() {
+    let (mut d, rec) = device();
+    d.write_config(1, 0, &[0x02, 0]);
+    w(&mut d, DEVICE_CFG_OFFSET + 4, &[9, 9]);
+    assert_eq!(r(&mut d, DEVICE_CFG_OFFSET + 4, 2), 0x0909);
+    assert_eq!(*rec.config_writes.lock().unwrap(), [(4, vec![9, 9])]);
+    // Past the end: nothing cached, reads zero.
+    w(&mut d, DEVICE_CFG_OFFSET + 0xffe, &[1, 2]);
+    assert_eq!(r(&mut d, DEVICE_CFG_OFFSET + 0xffe, 2), 0);
+}
+
+#[test]
+fn notifications_follow_a_moved_bar_but_not_a_sizing_probe() {
+    let (mut d, rec) = device();
+    let bar_reg = 4; // BAR 0 at config offset 0x10
+                     // Sizing: all ones into each half, then the old value back.
+    for (reg, v) in [
+        (bar_reg, u32::MAX),
+        (bar_reg + 1, u32::MAX),
+        (bar_reg, BAR_ADDR as u32 | 4),
+        (bar_reg + 1, (BAR_ADDR >> 32) as u32),
+    ] {
+        d.write_config(reg, 0, &v.to_le_bytes());
+    }
+    assert!(rec.moves.lock().unwrap().is_empty(), "a probe is no move");
+    // A real move (high half only, as Linux reassigns within the window).
+    d.write_config(bar_reg + 1, 0, &2u32.to_le_bytes());
+    let new = 0x2_0000_0000 + NOTIFY_OFFSET;
+    assert_eq!(
+        *rec.moves.lock().unwrap(),
+        [(BAR_ADDR + NOTIFY_OFFSET, new)]
+    );
+    assert_eq!(d.ioevents()[0].0, new);
 }
 
 #[test]
@@ -294,7 +438,7 @@ fn features_without_version_1_or_unoffered_are_refused() {
     w(&mut d, 0x14, &[0]);
     let status = bring_up(&mut d, crate::virtio::COMMON_FEATURES | 1 << 5);
     assert_eq!(status & STATUS_FEATURES_OK, 0, "a feature never offered");
-    assert_eq!(rec.activations.load(Ordering::SeqCst), 0);
+    assert_eq!(rec.activations(), 0);
 }
 
 #[test]
@@ -324,7 +468,7 @@ fn rings_outside_guest_memory_need_reset_instead_of_activating() {
         &[ACK_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK],
     );
     assert_ne!(r(&mut d, 0x14, 1) as u8 & STATUS_DEVICE_NEEDS_RESET, 0);
-    assert_eq!(rec.activations.load(Ordering::SeqCst), 0);
+    assert_eq!(rec.activations(), 0);
     // The config-change interrupt told the driver (config vector 0 is unassigned: none).
     assert_eq!(r(&mut d, ISR_OFFSET, 1), 2);
 }
@@ -366,22 +510,26 @@ fn the_pci_cfg_window_reaches_the_bar() {
 }
 
 #[test]
-fn without_msix_interrupts_use_intx_until_the_isr_is_read() {
+fn without_msix_call_signals_raise_intx_until_the_isr_is_read() {
     let (mut d, rec) = device();
     assert_eq!(d.read_config(0x3c / 4) >> 8 & 0xff, 1, "interrupt pin A");
     d.write_config(1, 0, &[0x06, 0]);
     let status = bring_up(&mut d, crate::virtio::COMMON_FEATURES);
     assert_ne!(status & STATUS_DRIVER_OK, 0);
-    w(&mut d, NOTIFY_OFFSET, &0u16.to_le_bytes());
-    assert!(wait_for(|| rec.intx.lock().unwrap().contains(&true)));
-    assert!(
-        rec.triggers.lock().unwrap().is_empty(),
-        "no MSI-X vector fired"
-    );
+    let watched = rec.watched.lock().unwrap().clone();
+    assert_eq!(watched.len(), 1);
+    assert_eq!(watched[0].0, rec.call(0));
+    assert!(rec.connected(1).is_empty(), "no MSI-X vector");
+    // The VMM saw the backend signal its call fd.
+    (watched[0].1)();
+    assert_eq!(rec.intx.lock().unwrap().last(), Some(&true));
     assert_eq!(r(&mut d, ISR_OFFSET, 1), 1);
     assert_eq!(
         rec.intx.lock().unwrap().last(),
         Some(&false),
         "the ISR read lowered the line"
     );
+    // A reset stops the watching.
+    w(&mut d, 0x14, &[0]);
+    assert!(rec.watched.lock().unwrap().is_empty());
 }

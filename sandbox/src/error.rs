@@ -1,0 +1,26 @@
+use std::io;
+
+use thiserror::Error;
+
+/// Errors of the sandbox crate.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("creating the helper's socket pair: {0}")]
+    Socket(#[source] io::Error),
+    #[error("starting the namespace helper: {0}")]
+    Fork(#[source] io::Error),
+    #[error("namespace helper: {step}: {source}")]
+    Helper {
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the namespace helper ended without an answer")]
+    NoAnswer,
+    #[error("reading the namespace helper's answer: {0}")]
+    Receive(#[source] io::Error),
+    #[error("{0} contains a NUL byte")]
+    Nul(&'static str),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
