@@ -4,7 +4,12 @@
 # docs/benchmarks.md).
 #
 #   bench/disk.sh [SECONDS]      (default 10 s per fio job; prints a table, writes bench/results/)
-#   BENCH_PARTS="host berth qemu" selects parts (default all three; "guest" is "berth")
+#   BENCH_PARTS="host berth qemu" selects parts (default all three; "guest" is "berth");
+#                                "berth-thread" is berth with --disable-sandbox (device backends
+#                                as threads), "berth-old" the berth binary $BENCH_BERTH_OLD (e.g.
+#                                a build of an earlier commit)
+#   BENCH_ROUNDS=N               run the guest parts N times, alternating (default 1); the
+#                                summary gives medians
 #   BENCH_DISK_MIB=256           size of the image (in the emulated host's tmpfs, so in its RAM)
 #   BERTH_BIN=/abs/berth         use this berth instead of building target/release/berth
 #   BENCH_QEMU_OPTS="..."        more QEMU options, e.g. one I/O thread like berth's worker:
@@ -100,6 +105,11 @@ cp "$ASSETS"/host-modules/{irqbypass,kvm,kvm-amd,kvm-intel,loop}.ko "$R/mods/"
 copy_with_libs "$R" "$FIO"
 cp "$BERTH" "$R/bin/berth"
 for lib in $(ldd "$BERTH" | grep -o '/[^ ]*'); do mkdir -p "$R$(dirname "$lib")"; cp -L "$lib" "$R$lib"; done
+case "$PARTS" in *berth-old*)
+  [ -x "${BENCH_BERTH_OLD:-}" ] || { say "berth-old needs BENCH_BERTH_OLD=/path/to/berth"; exit 1; }
+  cp "$BENCH_BERTH_OLD" "$R/bin/berth-old";;
+esac
+ROUNDS=${BENCH_ROUNDS:-1}
 case "$PARTS" in *qemu*)
   copy_with_libs "$R" "$QEMU"
   cp /usr/share/qemu/{bios-microvm.bin,linuxboot_dma.bin} "$R/qemu/";;
@@ -132,22 +142,35 @@ guest_results() {
   grep -E '^(RESULT|FIOFAIL)' /tmp/console | tr -d '\r'
   grep -q RESULT /tmp/console || { echo "NOGUEST \$1 exited \$2"; tail -n 15 /tmp/console /tmp/vmm.err | sed 's/^/NOGUEST /'; }
 }
-up berth
-case "$PARTS" in *berth*)
-  timeout -s KILL \$VMM_TIMEOUT /bin/berth run --kernel /guest/bzImage --initrd /guest/initrd --memory 1024 --cpus 1 \
-    --disk path=/dev/shm/disk.img --cmdline "\$CMD bench.vmm=berth" \
+# berth_part TAG BINARY [OPTIONS]: one berth guest, results tagged TAG.
+berth_part() {
+  tag=\$1 bin=\$2; shift 2
+  up \$tag
+  timeout -s KILL \$VMM_TIMEOUT \$bin run --kernel /guest/bzImage --initrd /guest/initrd --memory 1024 --cpus 1 \
+    --disk path=/dev/shm/disk.img --cmdline "\$CMD bench.vmm=\$tag" "\$@" \
     </dev/null >/tmp/console 2>/tmp/vmm.err
-  guest_results berth \$?;;
-esac
-up qemu
-case "$PARTS" in *qemu*)
+  guest_results \$tag \$?
+}
+qemu_part() {
+  up qemu
   timeout -s KILL \$VMM_TIMEOUT $QEMU -L /qemu -M microvm,pcie=on -accel kvm -cpu host -smp 1 -m 1024 \
     -nodefaults -no-user-config -nographic -no-reboot -serial stdio \
     -kernel /guest/bzImage -initrd /guest/initrd -append "\$CMD bench.vmm=qemu" \
     -drive file=/dev/shm/disk.img,format=raw,if=none,id=d,cache=writeback,aio=threads \
     -device virtio-blk-pci,drive=d ${BENCH_QEMU_OPTS:-} </dev/null >/tmp/console 2>/tmp/vmm.err
-  guest_results qemu \$?;;
-esac
+  guest_results qemu \$?
+}
+for round in \$(seq $ROUNDS); do
+  echo "BENCH-ROUND \$round"
+  for part in $PARTS; do
+    case \$part in
+      berth) berth_part berth /bin/berth ;;
+      berth-thread) berth_part berththread /bin/berth --disable-sandbox ;;
+      berth-old) berth_part bertholdmain /bin/berth-old ;;
+      qemu) qemu_part ;;
+    esac
+  done
+done
 up end
 echo "BENCH-END"
 poweroff -f
@@ -160,7 +183,7 @@ exec 9>"${TMPDIR:-/tmp}/berth-e2e.lock"
 flock 9
 say "booting the emulated host: parts '$PARTS', 3 fio jobs of $SECS s each per part${BENCH_QEMU_OPTS:+; QEMU with $BENCH_QEMU_OPTS}"
 LOG=$OUT/disk-$(date +%Y%m%d-%H%M%S).log
-timeout $((900 + SECS * 30)) qemu-system-x86_64 -accel tcg,thread=multi -M q35 -cpu max -smp 2 -m 4G \
+timeout $((900 + SECS * 30 * ROUNDS)) qemu-system-x86_64 -accel tcg,thread=multi -M q35 -cpu max -smp 2 -m 4G \
   -nographic -no-reboot -kernel "$ASSETS/bzImage" -initrd "$WORK/host.cpio.gz" \
   -append "console=ttyS0 panic=-1 quiet" </dev/null | sed -u 's/\r//g' | tee "$LOG" |
   grep -E '^(RESULT|FIOFAIL|NOGUEST|BENCH)' >&2 || true

@@ -14,27 +14,35 @@ def disk(path):
         m = re.match(r"RESULT (\w+) (\w+) bw_kib=(\d+) iops=(\d+)", line)
         if m:
             where = "berth" if m[1] == "guest" else m[1]  # logs before the QEMU column
-            res[(where, m[2])] = (int(m[3]), int(m[4]))
+            res.setdefault((where, m[2]), []).append((int(m[3]), int(m[4])))
     print("fio --direct=1, libaio: host = loop device in the emulated host; berth, qemu = the same")
-    print("guest on virtio-blk-pci (/dev/vda) under berth and under QEMU -M microvm,pcie=on")
-    cols = ("host", "berth", "qemu")
-    print(f"{'job':38}" + "".join(f"{c:>10}" for c in cols) + f"{'berth/host':>11}{'berth/qemu':>11}")
+    print("guest on virtio-blk-pci (/dev/vda) under berth and under QEMU -M microvm,pcie=on;")
+    print("berththread = berth --disable-sandbox; bertholdmain = the berth of $BENCH_BERTH_OLD")
+    print("(medians over the rounds; n = rounds that gave a figure)")
+    order = ("host", "berth", "berththread", "bertholdmain", "qemu")
+    cols = [c for c in order if any(k[0] == c for k in res)]
+    ratios = [(a, b) for a, b in (("berth", "host"), ("berth", "qemu"), ("berth", "bertholdmain"),
+                                  ("berththread", "bertholdmain"), ("berth", "berththread"))
+              if a in cols and b in cols]
+    print(f"{'job':38}" + "".join(f"{c:>13}" for c in cols) + "".join(f"{a[:6] + '/' + b[:6]:>15}" for a, b in ratios))
     for job, what in (
         ("seqwrite", "sequential write 1 MiB, QD16 (MiB/s)"),
         ("seqread", "sequential read 1 MiB, QD16 (MiB/s)"),
         ("randread", "random read 4 KiB, QD32 (IOPS)"),
     ):
-        vals = {}
+        vals, ns = {}, {}
         for where in cols:
-            r = res.get((where, job))
-            vals[where] = None if r is None else (r[0] / 1024 if job != "randread" else r[1])
-        cells = "".join(f"{v:10.1f}" if v is not None else f"{'-':>10}" for v in vals.values())
+            rs = res.get((where, job), [])
+            xs = [r[0] / 1024 if job != "randread" else r[1] for r in rs]
+            vals[where] = statistics.median(xs) if xs else None
+            ns[where] = len(xs)
+        cells = "".join(f"{v:9.1f} n={ns[c]:<2}" if v is not None else f"{'-':>13}" for c, v in vals.items())
 
         def ratio(a, b):
             ok = vals[a] is not None and vals[b]
-            return f"{vals[a] / vals[b]:11.2f}" if ok else f"{'-':>11}"
+            return f"{vals[a] / vals[b]:15.2f}" if ok else f"{'-':>15}"
 
-        print(f"{what:38}{cells}{ratio('berth', 'host')}{ratio('berth', 'qemu')}")
+        print(f"{what:38}{cells}" + "".join(ratio(a, b) for a, b in ratios))
 
 
 if len(sys.argv) > 2 and sys.argv[1] == "--disk":

@@ -147,7 +147,11 @@ fi
 KDEB=$(ls "${KPKG%%:*}"_*.deb); BDEB=$(ls busybox-static_*.deb)
 dpkg-deb -x "$KDEB" k
 dpkg-deb -x "$BDEB" b
-[ -x b/bin/busybox ] || die "busybox-static has no bin/busybox"
+# Debian 13 ships merged-/usr packages: usr/bin/busybox, usr/lib/modules.
+[ -x b/bin/busybox ] || { [ -x b/usr/bin/busybox ] && mkdir -p b/bin && mv b/usr/bin/busybox b/bin/busybox; } ||
+  die "busybox-static has no bin/busybox or usr/bin/busybox"
+[ -d k/lib/modules ] || { [ -d k/usr/lib/modules ] && mkdir -p k/lib && mv k/usr/lib/modules k/lib/modules; } ||
+  die "$KDEB has no lib/modules or usr/lib/modules"
 
 KVER=$(ls k/lib/modules)
 [ "$(echo "$KVER" | wc -w)" = 1 ] || die "expected one module tree in $KDEB, found: $KVER"
@@ -203,10 +207,24 @@ gzip -9 -n -c "$VMLINUZ" > Image.gz
 fi
 
 # --- modules ---------------------------------------------------------------------------------------
-# find_mod NAME: the path (relative to $MODS) of NAME.ko, '-' and '_' being the same.
+# Debian 12 ships modules as plain .ko, Debian 13 as .ko.xz: the initramfs and the emulated host
+# get them decompressed (busybox's insmod and modprobe read plain ones).
+# copy_mod SRC DEST.ko: SRC (.ko, .ko.xz, .ko.zst or .ko.gz) decompressed to DEST.ko.
+copy_mod() {
+  case "$1" in
+    *.ko) cp "$1" "$2" ;;
+    *.ko.xz) need xz xz-utils; xz -dc "$1" >"$2" ;;
+    *.ko.zst) need zstd zstd; zstd -qdc "$1" >"$2" ;;
+    *.ko.gz) gzip -dc "$1" >"$2" ;;
+    *) die "unknown module file $1" ;;
+  esac
+}
+# plain PATH: PATH without the compression suffix.
+plain() { local p=${1%.xz}; p=${p%.zst}; echo "${p%.gz}"; }
+# find_mod NAME: the path (relative to $MODS) of NAME.ko[.xz|.zst|.gz], '-' and '_' being the same.
 find_mod() {
   local n=$1 p
-  p=$(cd "$MODS" && find kernel \( -name "$n.ko" -o -name "${n//-/_}.ko" -o -name "${n//_/-}.ko" \) -print -quit)
+  p=$(cd "$MODS" && find kernel \( -name "$n.ko*" -o -name "${n//-/_}.ko*" -o -name "${n//_/-}.ko*" \) -print -quit)
   if [ -z "$p" ]; then
     # Built into this kernel: nothing to carry.
     grep -qE "/(${n}|${n//-/_}|${n//_/-})\.ko\$" "$MODS/modules.builtin" && return 0
@@ -232,14 +250,16 @@ R=root
 mkdir -p $R/bin $R/sbin $R/usr/bin $R/usr/sbin $R/proc $R/sys $R/dev $R/tmp $R/run $R/mnt $R/root \
   $R/etc $R/lib/modules/"$KVER"
 cp b/bin/busybox $R/bin/busybox
+PLAIN=()
 for p in "${WANTED[@]}"; do
   mkdir -p "$R/lib/modules/$KVER/$(dirname "$p")"
-  cp "$MODS/$p" "$R/lib/modules/$KVER/$p"
+  copy_mod "$MODS/$p" "$R/lib/modules/$KVER/$(plain "$p")"
+  PLAIN+=("$(plain "$p")")
 done
 cp "$MODS"/modules.builtin "$MODS"/modules.builtin.modinfo $R/lib/modules/"$KVER"/
 # modules.order limited to what is there (busybox modprobe only needs modules.dep, but keep the
 # tree consistent for kmod tools too).
-grep -Fxf <(printf '%s\n' "${WANTED[@]}") "$MODS/modules.order" > $R/lib/modules/"$KVER"/modules.order || true
+grep -Fxf <(printf '%s\n' "${PLAIN[@]}") "$MODS/modules.order" > $R/lib/modules/"$KVER"/modules.order || true
 depmod -b "$PWD/$R" "$KVER" 2>depmod.log || { cat depmod.log >&2; die "depmod failed"; }
 [ -s $R/lib/modules/"$KVER"/modules.dep ] || die "depmod wrote no modules.dep"
 echo "berth" > $R/etc/hostname
@@ -308,7 +328,11 @@ else
 fi
 mv initramfs.cpio.gz "$STAGE/initramfs.cpio.gz"
 cp b/bin/busybox "$STAGE/busybox"
-for p in $HOST_MODULES; do cp "$MODS/kernel/$p" "$STAGE/host-modules/"; done
+for p in $HOST_MODULES; do
+  src=$(ls "$MODS/kernel/$p"* 2>/dev/null | head -1)
+  [ -n "$src" ] || die "$KPKG has no $p"
+  copy_mod "$src" "$STAGE/host-modules/$(basename "$p")"
+done
 echo "$KVER" > "$STAGE/kernel-version"
 mv "$MODS" "$STAGE/modules"
 {
