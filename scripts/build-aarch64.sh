@@ -16,26 +16,41 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODE=${1:-build}
 TARGET=aarch64-unknown-linux-gnu
 
+# A rustup toolchain with the aarch64 target installed (rustup target add
+# aarch64-unknown-linux-gnu; not possible on this project's build machines) is used as it is;
+# otherwise Debian's Rust, whose arm64 std comes as a package.
+if command -v rustup >/dev/null 2>&1 &&
+   rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
+    RUST=rustup
+    deps=(cross-linker)
+else
+    RUST=debian
+    deps=(cross)
+fi
 case "$MODE" in
-clippy) "$ROOT/scripts/host-deps.sh" cross-clippy ;;
-test) "$ROOT/scripts/host-deps.sh" cross-test ;;
-*) "$ROOT/scripts/host-deps.sh" cross ;;
+clippy) [ $RUST = debian ] && deps=(cross-clippy) ;;
+test) deps+=(cross-test-tools) ;;
 esac
+"$ROOT/scripts/host-deps.sh" "${deps[@]}"
 cd "$ROOT"
-# Debian's cargo and rustc (and cargo-clippy / clippy-driver) first in PATH: rustup's rustc has
-# no aarch64 std here.
-export PATH=/usr/bin:$PATH
-export RUSTC=/usr/bin/rustc
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/aarch64}
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static"
-CARGO=/usr/bin/cargo
-# The workspace's rust-version; Debian 12 without bookworm-security has 1.85.
-NEED=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml")
-HAVE=$($RUSTC --version | awk '{print $2}')
-if ! printf '%s\n%s\n' "$NEED" "$HAVE" | sort -V -C; then
-    echo "build-aarch64: Debian's rustc is $HAVE, berth needs $NEED: with bookworm-security enabled, run apt-get install rustc-web cargo-web libstd-rust-web-dev:arm64" >&2
-    exit 1
+if [ $RUST = rustup ]; then
+    CARGO=cargo
+else
+    # Debian's cargo and rustc (and cargo-clippy / clippy-driver) first in PATH: rustup's
+    # rustc has no aarch64 std here.
+    export PATH=/usr/bin:$PATH
+    export RUSTC=/usr/bin/rustc
+    CARGO=/usr/bin/cargo
+    # The workspace's rust-version; Debian 12 without bookworm-security has 1.85.
+    NEED=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml")
+    HAVE=$($RUSTC --version | awk '{print $2}')
+    if ! printf '%s\n%s\n' "$NEED" "$HAVE" | sort -V -C; then
+        echo "build-aarch64: Debian's rustc is $HAVE, berth needs $NEED: with bookworm-security enabled, run apt-get install rustc-web cargo-web libstd-rust-web-dev:arm64 (or rustup target add $TARGET)" >&2
+        exit 1
+    fi
 fi
 
 case "$MODE" in

@@ -15,8 +15,10 @@
 #   unit          what unit tests call: e2fsprogs (mkfs.ext4 -d, fsck, debugfs), acpica-tools (iasl)
 #   assets        what scripts/guest-assets.sh calls: cpio gzip file kmod lz4
 #   cross         Debian's Rust and the aarch64 cross linker (scripts/build-aarch64.sh)
+#   cross-linker  the aarch64 cross linker and libc alone (with a rustup aarch64 target)
 #   cross-clippy  cross, plus Debian's clippy for it
 #   cross-test    cross, plus qemu-user-static and device-tree-compiler
+#   cross-test-tools  qemu-user-static and device-tree-compiler alone
 #   aarch64-host  aarch64 emulated-host assets: qemu-system-arm, binutils-aarch64-linux-gnu
 #   bench-disk    fio (bench/disk.sh)
 #   ci            everything .ci/run needs: build e2e unit assets cross cross-clippy cross-test
@@ -47,9 +49,11 @@ group() {
     build) echo gcc libc6-dev ;;
     unit) echo e2fsprogs acpica-tools ;;
     assets) echo cpio gzip file kmod lz4 ;;
-    cross) cross_packages ;;
-    cross-clippy) cross_packages; echo "$(rust_prefix)clippy" ;;
-    cross-test) cross_packages; echo qemu-user-static device-tree-compiler ;;
+    cross) cross_packages; group cross-linker ;;
+    cross-linker) echo gcc-aarch64-linux-gnu libc6-dev-arm64-cross ;;
+    cross-clippy) group cross; echo "$(rust_prefix)clippy" ;;
+    cross-test) group cross; group cross-test-tools ;;
+    cross-test-tools) echo qemu-user-static device-tree-compiler ;;
     aarch64-host) echo qemu-system-arm cpio gzip binutils-aarch64-linux-gnu ;;
     bench-disk) echo fio ;;
     ci) for g in build e2e unit assets cross cross-clippy cross-test; do group $g; done ;;
@@ -72,7 +76,6 @@ cross_packages() {
   else
     echo rustc cargo libstd-rust-dev:arm64
   fi
-  echo gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 }
 
 LIST=0
@@ -106,10 +109,19 @@ SUDO=
 [ "$(id -u)" = 0 ] || SUDO=sudo
 export DEBIAN_FRONTEND=noninteractive
 UPDATED=0
+ADDED_ARM64=0
 apt_update() {
   [ "$UPDATED" = 1 ] && [ "${1:-}" != force ] && return 0
-  local log
-  log=$($SUDO apt-get update -qq 2>&1) || die "apt-get update failed: $(echo "$log" | grep -m1 '^E:' || echo "$log" | tail -1) (check /etc/apt/sources.list*)"
+  local log hint="check /etc/apt/sources.list*"
+  if ! log=$($SUDO apt-get update -qq 2>&1); then
+    if [ "$ADDED_ARM64" = 1 ]; then
+      # Leave apt as it was: an architecture no source serves breaks every update.
+      $SUDO dpkg --remove-architecture arm64 2>/dev/null || true
+      $SUDO apt-get update -qq >/dev/null 2>&1 || true
+      hint="no configured source serves arm64 packages; on Ubuntu they come from ports.ubuntu.com (a source with Architectures: arm64), or install the aarch64 Rust target with rustup"
+    fi
+    die "apt-get update failed: $(echo "$log" | grep -m1 '^E:' || echo "$log" | tail -1) ($hint)"
+  fi
   UPDATED=1
 }
 installed() {
@@ -183,6 +195,7 @@ for p in "${MISSING[@]}"; do
       dpkg --print-foreign-architectures | grep -qx arm64 || {
         say "adding the arm64 package architecture (for ${p})"
         $SUDO dpkg --add-architecture arm64
+        ADDED_ARM64=1
         UPDATED=0
       } ;;
   esac
