@@ -13,6 +13,24 @@ pub trait BusDevice: Send {
     fn write(&mut self, offset: u64, data: &[u8]);
 }
 
+/// What the bus dispatches to. A device behind a `Mutex` is one (the lock taken per access);
+/// a router that locks per target itself (the PCI windows: each function has its own lock)
+/// implements it directly, so accesses to different devices never wait on each other.
+pub trait BusAccess: Send + Sync {
+    fn read(&self, offset: u64, data: &mut [u8]);
+    fn write(&self, offset: u64, data: &[u8]);
+}
+
+impl<T: BusDevice + ?Sized> BusAccess for Mutex<T> {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        lock(self).read(offset, data)
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) {
+        lock(self).write(offset, data)
+    }
+}
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum BusError {
     #[error("bus range {base:#x}+{len:#x} overlaps an existing device")]
@@ -24,7 +42,7 @@ pub enum BusError {
 struct Entry {
     base: u64,
     len: u64,
-    dev: Arc<Mutex<dyn BusDevice>>,
+    dev: Arc<dyn BusAccess>,
 }
 
 /// A set of non-overlapping ranges, sorted by base.
@@ -39,12 +57,7 @@ impl Bus {
     }
 
     /// Maps `base .. base + len` to `dev`.
-    pub fn insert(
-        &mut self,
-        dev: Arc<Mutex<dyn BusDevice>>,
-        base: u64,
-        len: u64,
-    ) -> Result<(), BusError> {
+    pub fn insert(&mut self, dev: Arc<dyn BusAccess>, base: u64, len: u64) -> Result<(), BusError> {
         let end = base
             .checked_add(len)
             .filter(|_| len > 0)
@@ -79,7 +92,7 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((e, offset)) => {
-                lock(&e.dev).read(offset, data);
+                e.dev.read(offset, data);
                 true
             }
             None => false,
@@ -90,7 +103,7 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((e, offset)) => {
-                lock(&e.dev).write(offset, data);
+                e.dev.write(offset, data);
                 true
             }
             None => false,

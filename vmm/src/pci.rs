@@ -261,7 +261,7 @@ impl PciBuilder {
     pub fn attach(self, pio: &mut Bus, mmio: &mut Bus) -> Result<()> {
         self.routes.apply(&lock(&self.routes.table))?;
         let root = Arc::new(self.root);
-        let insert = |bus: &mut Bus, dev: Arc<Mutex<dyn devices::BusDevice>>, base, len| {
+        let insert = |bus: &mut Bus, dev: Arc<dyn devices::bus::BusAccess>, base, len| {
             bus.insert(dev, base, len).map_err(|e| dev_err("PCI", e))
         };
         if let Some((port, len)) = self.layout.config_ports {
@@ -275,17 +275,12 @@ impl PciBuilder {
         let (ecam, ecam_len) = self.layout.ecam;
         insert(
             mmio,
-            Arc::new(Mutex::new(PciConfigMmio::new(root.clone()))),
+            Arc::new(PciConfigMmio::new(root.clone())),
             ecam,
             ecam_len,
         )?;
         for (base, len) in [self.layout.mmio32, self.layout.mmio64] {
-            insert(
-                mmio,
-                Arc::new(Mutex::new(PciMmio::new(root.clone(), base))),
-                base,
-                len,
-            )?;
+            insert(mmio, Arc::new(PciMmio::new(root.clone(), base)), base, len)?;
         }
         Ok(())
     }

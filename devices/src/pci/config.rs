@@ -330,6 +330,20 @@ impl PciConfig {
 
     /// Which BAR decodes guest address `addr`, and the offset in it. Nothing decodes while
     /// memory space is disabled; a BAR at address 0 counts as unassigned.
+    /// The BARs that decode now: (index, base, size); none while memory decoding is off.
+    pub fn decoding_bars(&self) -> Vec<(usize, u64, u64)> {
+        if self.command() & COMMAND_MEMORY == 0 {
+            return Vec::new();
+        }
+        (0..NUM_BARS)
+            .filter_map(|i| {
+                let size = self.bars[i]?.size;
+                let base = self.bar_addr(i).filter(|&b| b != 0)?;
+                Some((i, base, size))
+            })
+            .collect()
+    }
+
     pub fn decode(&self, addr: u64) -> Option<(usize, u64)> {
         if self.command() & COMMAND_MEMORY == 0 {
             return None;

@@ -22,6 +22,9 @@ pub trait PciDevice: Send {
     /// Which BAR, if any, decodes guest address `addr` now: (BAR index, offset in it).
     /// Nothing decodes while memory decoding is off in the command register.
     fn decode(&self, addr: u64) -> Option<(usize, u64)>;
+    /// The BARs that decode now, as (index, base, size): what [`PciDevice::decode`] would
+    /// find. The root keeps a table of them, so a BAR access locks only the device it is for.
+    fn bars(&self) -> Vec<(usize, u64, u64)>;
     /// A guest read inside BAR `bar`.
     fn read_bar(&mut self, bar: usize, offset: u64, data: &mut [u8]);
     /// A guest write inside BAR `bar`.

@@ -8,7 +8,7 @@ use thiserror::Error;
 
 use super::config::{valid_access, PciConfig, PciHeader};
 use super::PciDevice;
-use crate::bus::lock;
+use crate::bus::{lock, BusAccess};
 use crate::{log_limited, BusDevice};
 
 pub const NUM_SLOTS: usize = 32;
@@ -43,6 +43,9 @@ impl PciDevice for HostBridge {
     fn decode(&self, _addr: u64) -> Option<(usize, u64)> {
         None
     }
+    fn bars(&self) -> Vec<(usize, u64, u64)> {
+        Vec::new()
+    }
     fn read_bar(&mut self, _bar: usize, _offset: u64, data: &mut [u8]) {
         data.fill(0xff);
     }
@@ -61,12 +64,16 @@ struct Target {
     byte: usize,
 }
 
-/// Bus 0 and its devices. Built before the guest runs, then shared read-only (in an `Arc`)
-/// by the bus devices in front of it, so dispatch takes no root-wide lock. A BAR access
-/// locks each device in turn until one decodes it, so devices must not hold their own
-/// lock for long (keep queue work outside it).
+/// Bus 0 and its devices. Built before the guest runs, then shared (in an `Arc`) by the bus
+/// devices in front of it. A BAR access finds its device in a table of decoding BARs (a
+/// read lock, held only for the lookup) and then locks that device alone, so accesses to
+/// different devices never wait on each other; the table is refreshed after every
+/// configuration write, while the written device is locked.
 pub struct PciRoot {
     slots: Vec<Option<Slot>>,
+    /// (first, last address, slot) of every BAR that decodes (inclusive: a BAR may end at
+    /// the top of the address space).
+    windows: std::sync::RwLock<Vec<(u64, u64, usize)>>,
 }
 
 impl Default for PciRoot {
@@ -79,7 +86,21 @@ impl PciRoot {
     pub fn new() -> Self {
         let mut slots: Vec<Option<Slot>> = vec![None; NUM_SLOTS];
         slots[0] = Some(Arc::new(Mutex::new(HostBridge::new())));
-        PciRoot { slots }
+        PciRoot {
+            slots,
+            windows: std::sync::RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Replaces slot `n`'s entries in the decode table with what `dev` decodes now.
+    fn refresh(&self, n: usize, dev: &dyn PciDevice) {
+        let mut w = self.windows.write().unwrap_or_else(|e| e.into_inner());
+        w.retain(|&(_, _, s)| s != n);
+        for (_, base, size) in dev.bars() {
+            if let Some(last) = size.checked_sub(1).and_then(|l| base.checked_add(l)) {
+                w.push((base, last, n));
+            }
+        }
     }
 
     /// The slot [`PciRoot::add_device`] will use next, if any is free.
@@ -94,6 +115,7 @@ impl PciRoot {
             .iter()
             .position(Option::is_none)
             .ok_or(PciRootError::NoFreeSlot)?;
+        self.refresh(n, &*lock(&dev));
         self.slots[n] = Some(dev);
         Ok(n as u8)
     }
@@ -132,7 +154,9 @@ impl PciRoot {
             return;
         }
         if let Some(d) = self.function(t) {
-            lock(d).write_config(t.reg, t.byte, data);
+            let mut dev = lock(d);
+            dev.write_config(t.reg, t.byte, data);
+            self.refresh(t.dev as usize, &*dev);
         }
     }
 
@@ -149,18 +173,26 @@ impl PciRoot {
         else {
             return false;
         };
-        for d in self.slots.iter().flatten() {
-            let mut d = lock(d);
-            if let Some((bar, off)) = d.decode(addr) {
-                // The access must not run past the BAR's end (into another BAR or nothing).
-                if off
-                    .checked_add(last - addr)
-                    .is_some_and(|end| d.decode(last) == Some((bar, end)))
-                {
-                    f(&mut *d, bar, off);
-                    return true;
-                }
-                return false;
+        let slot = self
+            .windows
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|&&(first, last, _)| addr >= first && addr <= last)
+            .map(|&(_, _, n)| n);
+        let Some(d) = slot.and_then(|n| self.slots.get(n)?.as_ref()) else {
+            return false;
+        };
+        let mut d = lock(d);
+        // Decoded again under the device's lock: the table may be a moment old.
+        if let Some((bar, off)) = d.decode(addr) {
+            // The access must not run past the BAR's end (into another BAR or nothing).
+            if off
+                .checked_add(last - addr)
+                .is_some_and(|end| d.decode(last) == Some((bar, end)))
+            {
+                f(&mut *d, bar, off);
+                return true;
             }
         }
         false
@@ -268,15 +300,16 @@ impl PciConfigMmio {
     }
 }
 
-impl BusDevice for PciConfigMmio {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
+// No lock of its own: each function's configuration space has its lock in the root.
+impl BusAccess for PciConfigMmio {
+    fn read(&self, offset: u64, data: &mut [u8]) {
         data.fill(0xff);
         if let Some(t) = Self::target(offset, data.len()) {
             self.root.config_read(&t, data);
         }
     }
 
-    fn write(&mut self, offset: u64, data: &[u8]) {
+    fn write(&self, offset: u64, data: &[u8]) {
         if let Some(t) = Self::target(offset, data.len()) {
             self.root.config_write(&t, data);
         }
@@ -296,8 +329,10 @@ impl PciMmio {
     }
 }
 
-impl BusDevice for PciMmio {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
+// No lock of its own: the BAR's function is locked alone, so the vCPUs' accesses to different
+// devices go on in parallel.
+impl BusAccess for PciMmio {
+    fn read(&self, offset: u64, data: &mut [u8]) {
         let Some(addr) = self.base.checked_add(offset) else {
             data.fill(0xff);
             return;
@@ -315,7 +350,7 @@ impl BusDevice for PciMmio {
         }
     }
 
-    fn write(&mut self, offset: u64, data: &[u8]) {
+    fn write(&self, offset: u64, data: &[u8]) {
         let Some(addr) = self.base.checked_add(offset) else {
             return;
         };
@@ -352,6 +387,9 @@ mod tests {
         }
         fn decode(&self, addr: u64) -> Option<(usize, u64)> {
             self.config.decode(addr)
+        }
+        fn bars(&self) -> Vec<(usize, u64, u64)> {
+            self.config.decoding_bars()
         }
         fn read_bar(&mut self, _bar: usize, offset: u64, data: &mut [u8]) {
             data.fill(offset as u8);
@@ -407,7 +445,7 @@ mod tests {
         dev << 15 | reg << 2
     }
 
-    fn ecam_read(m: &mut PciConfigMmio, offset: u64, len: usize) -> u32 {
+    fn ecam_read(m: &PciConfigMmio, offset: u64, len: usize) -> u32 {
         let mut d = [0u8; 4];
         m.read(offset, &mut d[..len]);
         u32::from_le_bytes(d)
@@ -416,9 +454,9 @@ mod tests {
     #[test]
     fn host_bridge_sits_in_slot_0() {
         let (root, _) = root();
-        let mut m = PciConfigMmio::new(root);
-        assert_eq!(ecam_read(&mut m, 0, 4), 0x0d57_8086);
-        assert_eq!(ecam_read(&mut m, 8, 4) >> 8, 0x06_00_00);
+        let m = PciConfigMmio::new(root);
+        assert_eq!(ecam_read(&m, 0, 4), 0x0d57_8086);
+        assert_eq!(ecam_read(&m, 8, 4) >> 8, 0x06_00_00);
     }
 
     #[test]
@@ -469,22 +507,22 @@ mod tests {
     #[test]
     fn ecam_round_trip_to_a_device() {
         let (root, dev) = root();
-        let mut m = PciConfigMmio::new(root);
-        assert_eq!(ecam_read(&mut m, ecam(1, 0), 4), 0x1042_1af4);
-        assert_eq!(ecam_read(&mut m, ecam(1, 0) + 2, 2), 0x1042);
+        let m = PciConfigMmio::new(root);
+        assert_eq!(ecam_read(&m, ecam(1, 0), 4), 0x1042_1af4);
+        assert_eq!(ecam_read(&m, ecam(1, 0) + 2, 2), 0x1042);
         m.write(ecam(1, 1), &[0x06, 0]);
         assert_eq!(dev.lock().unwrap().config.command(), 0x06);
         m.write(ecam(1, 4), &u32::MAX.to_le_bytes());
-        assert_eq!(ecam_read(&mut m, ecam(1, 4), 4), 0xffff_f004);
-        assert_eq!(ecam_read(&mut m, ecam(1, 0x40), 4), 0, "extended space");
+        assert_eq!(ecam_read(&m, ecam(1, 4), 4), 0xffff_f004);
+        assert_eq!(ecam_read(&m, ecam(1, 0x40), 4), 0, "extended space");
     }
 
     #[test]
     fn absent_devices_functions_and_buses_read_all_ones() {
         let (root, _) = root();
-        let mut m = PciConfigMmio::new(root.clone());
+        let m = PciConfigMmio::new(root.clone());
         for offset in [ecam(2, 0), ecam(31, 0), ecam(1, 0) | 1 << 12, 1 << 20, !3] {
-            assert_eq!(ecam_read(&mut m, offset, 4), u32::MAX, "{offset:#x}");
+            assert_eq!(ecam_read(&m, offset, 4), u32::MAX, "{offset:#x}");
             m.write(offset, &[0; 4]);
         }
         let mut io = PciConfigIo::new(root);
@@ -497,9 +535,9 @@ mod tests {
     #[test]
     fn odd_and_straddling_config_accesses_are_ignored() {
         let (root, dev) = root();
-        let mut m = PciConfigMmio::new(root.clone());
-        assert_eq!(ecam_read(&mut m, ecam(1, 0), 3), 0x00ff_ffff);
-        assert_eq!(ecam_read(&mut m, ecam(1, 0) + 1, 2), 0xffff, "misaligned");
+        let m = PciConfigMmio::new(root.clone());
+        assert_eq!(ecam_read(&m, ecam(1, 0), 3), 0x00ff_ffff);
+        assert_eq!(ecam_read(&m, ecam(1, 0) + 1, 2), 0xffff, "misaligned");
         m.write(ecam(1, 1), &[0x06, 0, 0]);
         m.write(ecam(1, 1) + 1, &[0x06, 0x06]);
         let mut io = PciConfigIo::new(root);
@@ -513,11 +551,11 @@ mod tests {
     #[test]
     fn mmio_window_forwards_to_the_decoding_bar() {
         let (root, dev) = root();
-        let mut mmio = PciMmio::new(root.clone(), WINDOW);
+        let mmio = PciMmio::new(root.clone(), WINDOW);
         let mut d = [0u8; 4];
         mmio.read(0x10, &mut d);
         assert_eq!(d, [0xff; 4], "memory space disabled");
-        dev.lock().unwrap().config.write_reg(1, 0, &[0x02]);
+        PciConfigMmio::new(root.clone()).write(ecam(1, 1), &[0x02]);
         mmio.read(0x10, &mut d);
         assert_eq!(d, [0x10; 4]);
         mmio.write(0x20, &[1, 2]);
@@ -528,7 +566,7 @@ mod tests {
         mmio.read(0x1000, &mut d);
         assert_eq!(d, [0xff; 4]);
         // The guest moves the BAR 64 KiB up.
-        let mut m = PciConfigMmio::new(root);
+        let m = PciConfigMmio::new(root);
         m.write(ecam(1, 4), &((WINDOW + 0x1_0000) as u32).to_le_bytes());
         mmio.read(0x10, &mut d);
         assert_eq!(d, [0xff; 4]);
@@ -542,13 +580,12 @@ mod tests {
         let mut root = PciRoot::new();
         let dev = fake(0);
         root.add_device(dev.clone()).unwrap();
-        {
-            let c = &mut dev.lock().unwrap().config;
-            c.write_reg(1, 0, &[0x02]);
-            c.write_reg(4, 0, &u32::MAX.to_le_bytes());
-            c.write_reg(5, 0, &u32::MAX.to_le_bytes());
-        }
-        let mut mmio = PciMmio::new(Arc::new(root), u64::MAX - 0xfff);
+        let root = Arc::new(root);
+        let m = PciConfigMmio::new(root.clone());
+        m.write(ecam(1, 1), &[0x02]);
+        m.write(ecam(1, 4), &u32::MAX.to_le_bytes());
+        m.write(ecam(1, 5), &u32::MAX.to_le_bytes());
+        let mmio = PciMmio::new(root, u64::MAX - 0xfff);
         let mut d = [0u8; 4];
         mmio.read(0xffc, &mut d);
         assert_eq!(d, [0xfc; 4], "last dword of the address space");
@@ -567,5 +604,37 @@ mod tests {
             assert_eq!(root.add_device(fake(0)), Ok(n as u8));
         }
         assert_eq!(root.add_device(fake(0)), Err(PciRootError::NoFreeSlot));
+    }
+
+    #[test]
+    fn a_device_held_busy_does_not_stall_another_devices_bar() {
+        let mut root = PciRoot::new();
+        let (a, b) = (fake(WINDOW), fake(WINDOW + 0x1000));
+        root.add_device(a.clone()).unwrap();
+        root.add_device(b.clone()).unwrap();
+        let root = Arc::new(root);
+        // Memory decoding on, as the guest does it: through configuration space.
+        for dev in [1u64, 2] {
+            PciConfigMmio::new(root.clone()).write(ecam(dev, 1), &COMMAND_MEMORY.to_le_bytes());
+        }
+        let mmio = Arc::new(PciMmio::new(root, WINDOW));
+        // A vCPU is inside device A (its lock held); another reads device B's BAR.
+        let busy = a.lock().unwrap();
+        let m = mmio.clone();
+        let t = std::thread::spawn(move || {
+            let mut d = [0u8; 4];
+            m.read(0x1010, &mut d);
+            d[0]
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !t.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "device B's BAR waited for device A"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(t.join().unwrap(), 0x10);
+        drop(busy);
     }
 }

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::sync::{Arc, Mutex};
 
 use devices::legacy::Serial;
-use devices::{Bus, BusDevice, EventFd, EventFdTrigger};
+use devices::{Bus, EventFd, EventFdTrigger};
 use hypervisor::IrqChip;
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
@@ -66,7 +66,7 @@ fn irq_line(irqchip: &dyn IrqChip, gsi: u32) -> Result<EventFdTrigger> {
     Ok(EventFdTrigger::new(evt))
 }
 
-fn insert(bus: &mut Bus, dev: Arc<Mutex<dyn BusDevice>>, base: u64, len: u64) -> Result<()> {
+fn insert(bus: &mut Bus, dev: Arc<dyn devices::bus::BusAccess>, base: u64, len: u64) -> Result<()> {
     bus.insert(dev, base, len)
         .map_err(|e| Error::Device(e.to_string()))
 }

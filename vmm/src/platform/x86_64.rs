@@ -14,7 +14,7 @@ use arch::x86_64::layout::{
 };
 use arch::GuestMemory;
 use devices::legacy::{sink::X86_PROBED_PORTS, AcpiPm, BootTimer, Cmos, PvPanic, Sink, I8042};
-use devices::{Bus, BusDevice, Trigger};
+use devices::{Bus, Trigger};
 use hypervisor::arch::{CpuidEntry, IrqChipConfig};
 use hypervisor::{Hypervisor, IrqChip, SystemEvent, Vcpu};
 
@@ -114,7 +114,7 @@ pub fn build_devices(
         acpi::PVPANIC_PORT.into(),
         1,
     )?;
-    let sink: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(Sink));
+    let sink: Arc<dyn devices::bus::BusAccess> = Arc::new(Mutex::new(Sink));
     for &(base, len) in X86_PROBED_PORTS {
         insert(&mut pio, sink.clone(), base, len)?;
     }

@@ -565,6 +565,10 @@ impl PciDevice for VirtioPci {
         self.config.decode(addr)
     }
 
+    fn bars(&self) -> Vec<(usize, u64, u64)> {
+        self.config.decoding_bars()
+    }
+
     fn read_bar(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
         if bar == 0 {
             self.read_bar0(offset, data);
