@@ -3,7 +3,9 @@
 #
 #   bench/boot.sh [RUNS]        (default 10 runs of each; prints a table, writes bench/results/)
 #   BENCH_PARTS="pairs scale rss" selects parts (default all three; "smp" runs both VMMs with
-#   BENCH_SMP vCPUs, default 32; "pages" runs berth with --hugepages thp and off alternately)
+#   BENCH_SMP vCPUs, default 32; "pages" runs berth with --hugepages thp and off alternately;
+#   "devices" boots berth with a disk, rng and a virtio console, the backends in processes and in
+#   threads alternately, and measures the PSS of berth and its device processes)
 #
 # Everything runs inside one emulated x86_64 host with real KVM (QEMU TCG, -cpu max, kvm-amd; see
 # docs/testing.md), so absolute times are those of a slow emulated machine: compare ratios.
@@ -87,6 +89,18 @@ qemu_run() { # [cpus]
   echo "RESULT qemu cpus=\${1:-1} rc=\$(sed -n 's/^RC //p' /tmp/mark) launch=\$s end=\$e \$(grep MARK /tmp/mark)"
   explain
 }
+# pss PID LABEL: proportional set size (KiB) of PID and its children outside guest RAM (the
+# 256 MiB mapping every process of the VM shares), and inside it.
+pss() {
+  pid=\$1 label=\$2
+  pids="\$pid \$(for d in /proc/[0-9]*; do [ "\$(awk '/^PPid:/ { print \$2 }' \$d/status 2>/dev/null)" = "\$pid" ] && echo \${d#/proc/}; done)"
+  out=0; ram=0; n=0
+  for p in \$pids; do
+    set -- \$(awk '/^Size:/ { big = (\$2 == 262144) } /^Pss:/ { if (big) r += \$2; else o += \$2 } END { print o + 0, r + 0 }' /proc/\$p/smaps)
+    out=\$((out + \$1)); ram=\$((ram + \$2)); n=\$((n + 1))
+  done
+  echo "PSS \$label processes=\$n outside_guest_kib=\$out guest_kib=\$ram"
+}
 rss() { # pid label: resident KiB outside guest RAM (the memfd for berth, the 256 MiB anon map for QEMU)
   awk -v label=\$2 '
     /^[0-9a-f]+-[0-9a-f]+ / { split(\$1, a, "-"); name = \$6; big = 0 }
@@ -99,6 +113,20 @@ PARTS="${BENCH_PARTS:-pairs scale rss}"
 case "\$PARTS" in *pairs*) for i in \$(seq $RUNS); do berth_run berth 1 timer; qemu_run; done;; esac
 # BENCH_PARTS=pages: guest RAM on transparent huge pages (the default) against 4 KiB pages.
 case "\$PARTS" in *pages*) for i in \$(seq $RUNS); do berth_run thp 1 timer "--hugepages thp"; berth_run 4k 1 timer "--hugepages off"; done;; esac
+# BENCH_PARTS=devices: disk, rng and virtio console; backends in processes, then in threads.
+DEV="--disk path=/tmp/disk.img --rng --console virtio --serial none"
+DEVCMD="berth.console=hvc0 berth.modules=virtio_pci,virtio_blk,virtio-rng,virtio_console"
+case "\$PARTS" in *devices*)
+  dd if=/dev/zero of=/tmp/disk.img bs=1M count=16 2>/dev/null
+  CMD0=\$CMD; CMD="\$CMD \$DEVCMD"
+  for i in \$(seq $RUNS); do berth_run devproc 1 timer "\$DEV"; berth_run devthread 1 timer "\$DEV --disable-sandbox"; done
+  for mode in proc thread; do
+    extra=; [ \$mode = thread ] && extra=--disable-sandbox
+    /bin/berth run --kernel /guest/bzImage --initrd /guest/sleep.cpio.gz --memory 256 --cmdline "\$CMD" \$DEV \$extra </dev/null >/dev/null 2>&1 &
+    p=\$!; sleep 25; pss \$p dev\$mode; wait \$p
+  done
+  CMD=\$CMD0;;
+esac
 case "\$PARTS" in *scale*) for c in 1 4 16; do for i in \$(seq $(( (RUNS + 1) / 2 ))); do berth_run scale \$c timer; done; done;; esac
 # BENCH_PARTS=smp: both VMMs with BENCH_SMP vCPUs (default 32), to tell berth's SMP bugs from
 # the emulated host's.

@@ -60,8 +60,9 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-runs = {"berth": [], "qemu": [], "scale": [], "thp": [], "4k": []}
+runs = {"berth": [], "qemu": [], "scale": [], "thp": [], "4k": [], "devproc": [], "devthread": []}
 rss = {}
+pss = {}
 for line in open(sys.argv[1], errors="replace"):
     if line.startswith("RESULT "):
         tag = line.split()[1]
@@ -76,6 +77,9 @@ for line in open(sys.argv[1], errors="replace"):
     elif line.startswith("RSS "):
         parts = line.split()
         rss[parts[1]] = fields(line)
+    elif line.startswith("PSS "):
+        parts = line.split()
+        pss[parts[1]] = fields(line)
 
 
 def wall(rs, end="end"):
@@ -123,3 +127,19 @@ if runs["thp"] or runs["4k"]:
         ("launch -> exit (wall, 10 ms steps)", med(wall(t)), med(wall(k))),
     ):
         print(f"{name:45} {tv:9.1f} {kv:9.1f} {kv / tv:7.2f}")
+if runs["devproc"] or runs["devthread"]:
+    p, t = runs["devproc"], runs["devthread"]
+    print(f"disk + rng + virtio console, backends in processes vs threads, median of {len(p)} / {len(t)} boots (ms)")
+    print(f"{'':45} {'process':>9} {'thread':>9} {'p/t':>7}")
+    for name, pv, tv in (
+        ("berth start -> first vCPU entry", med(us(p, "first_vCPU_entry")), med(us(t, "first_vCPU_entry"))),
+        ("berth start -> guest init (boot timer)", med(us(p, "guestboottime")), med(us(t, "guestboottime"))),
+        ("launch -> init marker on console", med(mark(p)), med(mark(t))),
+        ("launch -> exit (wall, 10 ms steps)", med(wall(p)), med(wall(t))),
+    ):
+        print(f"{name:45} {pv:9.1f} {tv:9.1f} {pv / tv:7.2f}")
+for who in ("devproc", "devthread"):
+    if who in pss:
+        f = pss[who]
+        print(f"PSS of berth and its children ({f['processes']} processes, {who[3:]}) outside guest RAM: "
+              f"{int(f['outside_guest_kib']) / 1024:.1f} MiB (guest RAM {int(f['guest_kib']) / 1024:.0f} MiB)")
