@@ -46,7 +46,12 @@ cp "$QEMU" "$R/bin/qemu-system-x86_64"
 for bin in "$BERTH" "$QEMU"; do
   for lib in $(ldd "$bin" | grep -o '/[^ ]*\.so[^ ]*'); do mkdir -p "$R$(dirname "$lib")"; cp -L "$lib" "$R$lib"; done
 done
-cp /usr/share/qemu/{bios-microvm.bin,linuxboot_dma.bin} "$R/qemu/"
+for f in bios-microvm.bin linuxboot_dma.bin; do
+    # QEMU 7.2 links its firmware into /usr/share/qemu; QEMU 10 finds seabios's in place.
+    src=$(ls /usr/share/qemu/$f /usr/share/seabios/$f 2>/dev/null | head -1)
+    [ -n "$src" ] || { say "QEMU's firmware $f is missing (package seabios)"; exit 1; }
+    cp "$src" "$R/qemu/"
+  done
 cp "$ASSETS/bzImage" "$R/guest/"
 
 # Guest initrds: the base one plus an appended /test.sh (Linux unpacks concatenated archives).

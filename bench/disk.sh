@@ -112,7 +112,12 @@ esac
 ROUNDS=${BENCH_ROUNDS:-1}
 case "$PARTS" in *qemu*)
   copy_with_libs "$R" "$QEMU"
-  cp /usr/share/qemu/{bios-microvm.bin,linuxboot_dma.bin} "$R/qemu/";;
+  for f in bios-microvm.bin linuxboot_dma.bin; do
+    # QEMU 7.2 links its firmware into /usr/share/qemu; QEMU 10 finds seabios's in place.
+    src=$(ls /usr/share/qemu/$f /usr/share/seabios/$f 2>/dev/null | head -1)
+    [ -n "$src" ] || { say "QEMU's firmware $f is missing (package seabios)"; exit 1; }
+    cp "$src" "$R/qemu/"
+  done;;
 esac
 cp "$ASSETS/bzImage" "$R/guest/"
 cat "$ASSETS/initramfs.cpio.gz" "$WORK/fio.cpio.gz" "$WORK/test.cpio.gz" >"$R/guest/initrd"
