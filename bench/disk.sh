@@ -114,7 +114,8 @@ case "$PARTS" in *qemu*)
   copy_with_libs "$R" "$QEMU"
   for f in bios-microvm.bin linuxboot_dma.bin; do
     # QEMU 7.2 links its firmware into /usr/share/qemu; QEMU 10 finds seabios's in place.
-    src=$(ls /usr/share/qemu/$f /usr/share/seabios/$f 2>/dev/null | head -1)
+    src=
+    for d in /usr/share/qemu /usr/share/seabios; do [ -f "$d/$f" ] && { src=$d/$f; break; }; done
     [ -n "$src" ] || { say "QEMU's firmware $f is missing (package seabios)"; exit 1; }
     cp "$src" "$R/qemu/"
   done;;
