@@ -285,11 +285,13 @@ for arg in $(cat /proc/cmdline); do
   esac
 done
 # berth.console=hvc0: the kernel's console (ttyS0) stays, but init and what it starts talk on
-# /dev/hvc0, which appears only once virtio_console (a module, loaded above) has probed.
+# /dev/hvc0, which appears only once virtio_console (a module, loaded above) has probed. The
+# node can appear before the port opens (ENODEV for a moment, seen with 6.1.0-57), and a failed
+# redirect on exec would end init: wait until a trial open in a subshell succeeds.
 if [ -n "$CONSOLE" ]; then
   i=0
-  while [ ! -c "/dev/$CONSOLE" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-  if [ -c "/dev/$CONSOLE" ]; then
+  while ! ( : <>"/dev/$CONSOLE" ) 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+  if ( : <>"/dev/$CONSOLE" ) 2>/dev/null; then
     exec <>"/dev/$CONSOLE" >&0 2>&0
   else
     echo "BERTH-GUEST-INIT: no /dev/$CONSOLE after 5 s, staying on the kernel console"
