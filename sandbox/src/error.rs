@@ -9,7 +9,7 @@ pub enum Error {
     Socket(#[source] io::Error),
     #[error("starting the namespace helper: {0}")]
     Fork(#[source] io::Error),
-    #[error("namespace helper: {step}: {source}")]
+    #[error("{step}: {source}")]
     Helper {
         step: &'static str,
         #[source]
@@ -21,6 +21,10 @@ pub enum Error {
     Receive(#[source] io::Error),
     #[error("{0} contains a NUL byte")]
     Nul(&'static str),
+    #[error("starting the jailed process: {0}")]
+    Spawn(#[source] io::Error),
+    #[error("seccomp: {0}")]
+    Seccomp(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -94,6 +94,11 @@ pub struct GuestRun {
     /// A shell snippet run where berth runs, in `{scratch}`, before berth starts (with
     /// `$BERTH` the berth binary there): e.g. a vhost-user backend started in the background.
     pub before: Option<String>,
+    /// Run berth as this (uid, gid) instead of root, with /dev/kvm opened up to it, through
+    /// this runas helper ([`GuestRun::as_user`]).
+    pub user: Option<(u32, u32, PathBuf)>,
+    /// More environment for berth.
+    pub env: Vec<(String, String)>,
 }
 
 /// The file in `{scratch}` that holds a [`GuestRun::host_script`]'s output.
@@ -121,7 +126,24 @@ impl GuestRun {
             host_qemu_args: Vec::new(),
             host_script: None,
             before: None,
+            user: None,
+            env: Vec::new(),
         }
+    }
+
+    /// Sets `key=value` in berth's environment.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Runs berth as an ordinary user through `runas` (the `berth-test-runas` binary of
+    /// this crate: `env!("CARGO_BIN_EXE_berth-test-runas")` in a test), with /dev/kvm, the
+    /// scratch directory and the run's files made accessible to it. Natively this needs root
+    /// (and changes /dev/kvm's mode); the emulated host is the harness's own.
+    pub fn as_user(mut self, uid: u32, gid: u32, runas: impl Into<PathBuf>) -> Self {
+        self.user = Some((uid, gid, runas.into()));
+        self
     }
 
     /// Runs `snippet` (POSIX sh) in `{scratch}` before berth starts, where berth runs; `$BERTH`
@@ -385,8 +407,33 @@ impl GuestRun {
                 .unwrap_or_else(|e| panic!("cannot run the before snippet: {e}"));
             assert!(st.success(), "the before snippet failed ({st}): {snippet}");
         }
-        let mut cmd = Command::new(berth);
+        let mut cmd = match &self.user {
+            None => Command::new(berth),
+            Some((uid, gid, runas)) => {
+                let opened = Command::new("sh")
+                    .arg("-c")
+                    .arg(format!(
+                        "chmod 0666 /dev/kvm && chmod -R a+rwX {} {}",
+                        sh_quote(&path_str(&scratch)),
+                        self.files
+                            .iter()
+                            .map(|f| sh_quote(&path_str(f)))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ))
+                    .status()
+                    .unwrap_or_else(|e| panic!("opening up /dev/kvm: {e}"));
+                assert!(
+                    opened.success(),
+                    "cannot give uid {uid} access to /dev/kvm (run the tests as root)"
+                );
+                let mut c = Command::new(runas);
+                c.args([uid.to_string(), gid.to_string()]).arg(berth);
+                c
+            }
+        };
         cmd.args(&argv).current_dir(&scratch);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let input = self.stdin.as_ref().map(|(after, data)| Input {
             after: after.clone(),
             data: data.clone(),
@@ -464,7 +511,19 @@ impl GuestRun {
             host = host.collect(format!("/scratch/{n}"));
         }
         let quoted: Vec<String> = argv.iter().map(|a| sh_quote(a)).collect();
-        let berth_cmd = format!("/bin/berth {}", quoted.join(" "));
+        let mut berth_cmd = format!("/bin/berth {}", quoted.join(" "));
+        if !self.env.is_empty() {
+            let vars: Vec<String> = self
+                .env
+                .iter()
+                .map(|(k, v)| sh_quote(&format!("{k}={v}")))
+                .collect();
+            berth_cmd = format!("env {} {berth_cmd}", vars.join(" "));
+        }
+        if let Some((uid, gid, runas)) = &self.user {
+            host = host.executable(runas, "/bin/berth-test-runas");
+            berth_cmd = format!("/bin/berth-test-runas {uid} {gid} {berth_cmd}");
+        }
         // berth runs in the background with its stdout through tee (still a pipe) to a file
         // the typing and the host script watch for their markers, like a person would.
         let stdin = match &self.stdin {
@@ -476,6 +535,12 @@ impl GuestRun {
              : >/tmp/berth-console\n\
              mkfifo /tmp/berth-stdin\n",
         );
+        if self.user.is_some() {
+            // As on any system: /tmp is everyone's (berth makes its sockets' directories there).
+            script.push_str(
+                "chmod 0666 /dev/kvm; chmod 1777 /tmp; chmod -R a+rwX /scratch /files 2>/dev/null\n",
+            );
+        }
         if let Some(before) = &self.before {
             script.push_str("BERTH=/bin/berth\n");
             script.push_str(&self.resolve(before, Some("/files"), "/scratch"));
@@ -492,8 +557,9 @@ impl GuestRun {
         }
         if let Some((after, hook)) = &self.host_script {
             host = host.bytes("/l1/host-script", hook.clone().into_bytes(), 0o755);
+            // The script gives up when berth ends without showing the marker.
             script.push_str(&format!(
-                "( until grep -qF -- {after} /tmp/berth-console; do sleep 0.2; done\n\
+                "( until grep -qF -- {after} /tmp/berth-console; do [ -f /tmp/berth-rc ] && exit 0; sleep 0.2; done\n\
                  \x20 cd /scratch && BERTH_PID=$(cat /tmp/berth-pid) sh /l1/host-script >/scratch/{HOST_SCRIPT_OUT} 2>&1 ) &\n\
                  HOOK=$!\n",
                 after = sh_quote(after)

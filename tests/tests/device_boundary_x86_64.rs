@@ -84,7 +84,8 @@ fn each_virtio_device_is_a_child_process_of_berth() {
         ("virtio-console", "console"),
     ] {
         let found = children.iter().any(|l| {
-            l.contains(&format!("berth device --name {name} "))
+            l.contains("berth device ")
+                && l.contains(&format!("--name {name} "))
                 && l.contains(&format!(" {kind} --listen-fd 3"))
         });
         if !found {

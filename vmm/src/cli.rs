@@ -36,6 +36,13 @@ pub struct DeviceArgs {
     /// Name for log lines.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+    /// Lock this process down before serving (berth's own jailed device processes, started
+    /// in namespaces of their own): report to this inherited fd.
+    #[arg(long, value_name = "FD", hide = true)]
+    pub jail_report_fd: Option<i32>,
+    /// The jail's seccomp mode.
+    #[arg(long, value_enum, default_value_t = SeccompMode::On, hide = true)]
+    pub seccomp: SeccompMode,
     #[command(subcommand)]
     pub kind: DeviceKind,
 }
@@ -131,14 +138,36 @@ pub struct RunArgs {
     /// type=blk|rng|console,socket=PATH; repeat for more.
     #[arg(long = "vhost-user", value_name = "SPEC", value_parser = parse_vhost_user)]
     pub vhost_user: Vec<VhostUserSpec>,
-    /// Run berth's own device backends as threads of berth instead of one process each (for
-    /// debugging; the devices are then not isolated from berth).
+    /// Run berth's own device backends as threads of berth instead of one jailed process
+    /// each (for debugging; the devices are then not isolated from berth).
     #[arg(long)]
     pub disable_sandbox: bool,
+    /// seccomp filters of the device processes and of berth's own threads: on (a call
+    /// outside the policy stops the device or berth, and says which), log (the kernel logs it
+    /// and lets it run), off.
+    #[arg(long, value_enum, default_value_t = SeccompMode::On)]
+    pub seccomp: SeccompMode,
     /// Pages backing guest RAM: thp (transparent huge pages on a private tmpfs, falling back
     /// to 4 KiB pages), off (4 KiB pages), 2M or 1G (hugetlbfs, from the host's pool).
     #[arg(long, value_enum, default_value_t = HugePages::Thp)]
     pub hugepages: HugePages,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SeccompMode {
+    On,
+    Log,
+    Off,
+}
+
+impl SeccompMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            SeccompMode::On => "on",
+            SeccompMode::Log => "log",
+            SeccompMode::Off => "off",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -44,6 +44,8 @@ pub enum Error {
     Disk(devices::virtio::blk::BlockError),
     #[error("device setup: {0}")]
     Device(String),
+    #[error("cannot jail {device}: {why}; user namespaces may be unavailable or restricted here (AppArmor on Ubuntu 24.04 refuses mounts in them): allow them, or run with --disable-sandbox to run the devices unjailed, as threads of berth")]
+    Sandbox { device: String, why: String },
     #[error("starting vCPU thread {cpu}: {source}")]
     VcpuThread { cpu: u32, source: std::io::Error },
     #[error("vCPU {cpu}: {what}")]

@@ -33,6 +33,19 @@ fn install_signal_handlers() {
     }
 }
 
+/// What the supervisor of `device` reported, if its process ended within a moment.
+fn died(events: &mpsc::Receiver<VmEvent>, device: &str) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while let Ok(ev) = events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if let VmEvent::DeviceFailed { device: d, what } = ev {
+            if d == device {
+                return Some(what);
+            }
+        }
+    }
+    None
+}
+
 pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
     // Check what the user gave before touching the hypervisor.
     if args.cpus == 0 {
@@ -144,12 +157,19 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
     let placement = if args.disable_sandbox {
         Placement::Thread
     } else {
-        Placement::Process
+        Placement::Process(args.seccomp)
     };
     let mut add = |name: String, backend: Backend| -> Result<()> {
         let kind = backend.kind();
         let stream = vhost_user::start(&name, backend, placement, &events_tx)?;
-        pci.add_vhost_user(&name, kind, stream)
+        pci.add_vhost_user(&name, kind, stream).map_err(|e| {
+            // A device process that died while berth set it up says why through its
+            // supervisor: that, not the broken socket, is the error.
+            match died(&events_rx, &name) {
+                Some(what) => Error::Device(format!("{name}: {what}")),
+                None => e,
+            }
+        })
     };
     for (i, (image, spec)) in disks.into_iter().zip(&args.disks).enumerate() {
         add(

@@ -22,6 +22,7 @@ use vmm_sys_util::epoll::EventSet;
 use super::queue_util::{self, Chain, Served};
 use super::GuestMemory;
 use crate::log_limited;
+pub use sandbox::seccomp::Allow;
 
 /// Guest memory as the backend framework hands it over (replaced on SET_MEM_TABLE).
 pub type Mem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
@@ -66,7 +67,78 @@ pub trait VirtioBackend: Send + Sync + 'static {
     }
     /// The driver reset the device: forget per-driver state.
     fn reset(&self) {}
+    /// The system calls the device's own work needs, beyond [`FRAMEWORK_SYSCALLS`]: its
+    /// seccomp allow-list is both (docs/sandboxing.md says why each is there).
+    fn syscalls(&self) -> &'static [Allow] {
+        &[]
+    }
 }
+
+/// What every backend's process needs once it serves (the vhost-user framework, the queues,
+/// logging): its seccomp allow-list without the device's own calls. docs/sandboxing.md says
+/// why each call is there.
+pub const FRAMEWORK_SYSCALLS: &[Allow] = &[
+    // vhost-user messages and their fds; eventfd reads and writes; log lines to stderr.
+    Allow::Call(libc::SYS_read),
+    Allow::Call(libc::SYS_write),
+    Allow::Call(libc::SYS_recvmsg),
+    Allow::Call(libc::SYS_sendmsg),
+    Allow::Call(libc::SYS_close),
+    // Fds received with messages are set close-on-exec; EventFds are duplicated.
+    Allow::Call(libc::SYS_fcntl),
+    // The event loops of the request handler and the queue worker.
+    Allow::Call(libc::SYS_epoll_ctl),
+    #[cfg(target_arch = "x86_64")]
+    Allow::Call(libc::SYS_epoll_wait),
+    Allow::Call(libc::SYS_epoll_pwait),
+    // SET_MEM_TABLE maps guest RAM; the allocator maps and returns memory.
+    Allow::Call(libc::SYS_mmap),
+    Allow::Call(libc::SYS_munmap),
+    Allow::Call(libc::SYS_mprotect),
+    Allow::Call(libc::SYS_madvise),
+    Allow::Call(libc::SYS_brk),
+    // Locks between the two threads (vrings, the backend's state).
+    Allow::Call(libc::SYS_futex),
+    // A thread's first calls (glibc's start_thread, with every signal still blocked, so a
+    // trap there would kill without a report): the filter may land while the request
+    // handler's thread is still starting. Rust then names the thread.
+    Allow::Call(libc::SYS_set_robust_list),
+    Allow::Call(libc::SYS_rseq),
+    Allow::Call(libc::SYS_gettid),
+    Allow::CallWithArg0(libc::SYS_prctl, libc::PR_SET_NAME as u64),
+    Allow::Call(libc::SYS_rt_sigprocmask),
+    // glibc's malloc sizes its arenas by the CPUs a thread may run on, at its first malloc.
+    Allow::Call(libc::SYS_sched_getaffinity),
+    // Rust's HashMap keys its hasher from the kernel's random bytes, once per thread.
+    Allow::Call(libc::SYS_getrandom),
+    // The frontend going away ends the connection; threads and the process end.
+    Allow::Call(libc::SYS_shutdown),
+    Allow::Call(libc::SYS_exit),
+    Allow::Call(libc::SYS_exit_group),
+    Allow::Call(libc::SYS_sigaltstack),
+    Allow::Call(libc::SYS_rt_sigreturn),
+    // Timestamps (the vDSO answers most without a system call).
+    Allow::Call(libc::SYS_clock_gettime),
+];
+
+/// Where a jail takes its next steps while a backend starts.
+pub trait ServeHooks {
+    /// Before the backend's threads start; the process will have `threads` in all.
+    fn before_threads(&self, threads: u64) -> Result<(), String> {
+        let _ = threads;
+        Ok(())
+    }
+    /// The frontend is connected and every thread runs; none is started after this. The
+    /// device's own system calls ([`VirtioBackend::syscalls`]) come along.
+    fn serving(&self, device_syscalls: &[Allow]) -> Result<(), String> {
+        let _ = device_syscalls;
+        Ok(())
+    }
+}
+
+/// No jail: a backend on a thread of berth, or a daemon started by hand.
+pub struct NoHooks;
+impl ServeHooks for NoHooks {}
 
 /// What a device sees of its queues during one event.
 pub struct Queues<'a> {
@@ -230,17 +302,20 @@ impl<D: VirtioBackend> VhostUserBackend for Backend<D> {
         vrings: &[Vring],
         _thread_id: usize,
     ) -> io::Result<()> {
-        if !evset.contains(EventSet::IN) {
+        let token = u64::from(device_event);
+        let queue = usize::from(device_event) < vrings.len();
+        // A device's own fd may also report HANG_UP or ERROR (a pipe whose writer went away):
+        // the device's read then finds the end of file and stops watching it.
+        if queue && !evset.contains(EventSet::IN) {
             log_limited!(
                 log::Level::Warn,
-                "{}: unexpected event {evset:?} on {device_event}",
+                "{}: unexpected event {evset:?} on queue {device_event}",
                 self.dev.name()
             );
             return Ok(());
         }
-        let token = u64::from(device_event);
         self.with_queues(vrings, |q| {
-            if usize::from(device_event) < vrings.len() {
+            if queue {
                 self.dev.kicked(device_event, q)
             } else {
                 self.dev.event(token, q)
@@ -256,13 +331,23 @@ pub enum ServeError {
     Daemon(String),
     #[error("serving the vhost-user connection: {0}")]
     Connection(String),
+    #[error("the sandbox: {0}")]
+    Jail(String),
 }
 
 /// Serves `dev` over the first connection `listener` accepts, until the frontend goes away
 /// (which is how a VM's end reaches its device processes). Returns when the connection ends.
-pub fn serve<D: VirtioBackend>(dev: D, listener: UnixListener) -> Result<(), ServeError> {
+/// `hooks` run before the backend's threads start and once all of them serve.
+pub fn serve<D: VirtioBackend>(
+    dev: D,
+    listener: UnixListener,
+    hooks: &dyn ServeHooks,
+) -> Result<(), ServeError> {
     let name = dev.name().to_string();
     let backend = Backend::new(dev);
+    // This thread, the framework's queue worker (one: queues_per_thread is the default) and
+    // its request handler.
+    hooks.before_threads(3).map_err(ServeError::Jail)?;
     let mut daemon = VhostUserDaemon::new(
         name,
         backend.clone(),
@@ -280,6 +365,9 @@ pub fn serve<D: VirtioBackend>(dev: D, listener: UnixListener) -> Result<(), Ser
     daemon
         .start(&mut listener)
         .map_err(|e| ServeError::Connection(e.to_string()))?;
+    hooks
+        .serving(backend.dev.syscalls())
+        .map_err(ServeError::Jail)?;
     let r = daemon.wait();
     match r {
         Ok(()) => Ok(()),

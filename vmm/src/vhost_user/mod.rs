@@ -109,8 +109,8 @@ impl Backend {
 /// Where berth runs its own backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Placement {
-    /// A child process per device (`berth device`).
-    Process,
+    /// A jailed child process per device (`berth device`), with this seccomp mode.
+    Process(crate::cli::SeccompMode),
     /// A thread of berth per device (`--disable-sandbox`).
     Thread,
 }
@@ -133,7 +133,7 @@ pub fn start(
             std::thread::Builder::new()
                 .name(name.to_string())
                 .spawn(move || {
-                    if let Err(e) = serve_backend(backend, listener) {
+                    if let Err(e) = serve_backend(backend, listener, &backend::NoHooks) {
                         let _ = events.send(VmEvent::DeviceFailed {
                             device: n,
                             what: e.to_string(),
@@ -142,9 +142,14 @@ pub fn start(
                 })
                 .map_err(|e| err("starting its thread", e))?;
         }
-        Placement::Process => {
-            let child = spawn_process(name, &backend, &listener)
-                .map_err(|e| err("starting its process", e))?;
+        Placement::Process(seccomp) => {
+            let child = spawn_process(name, &backend, &listener, seccomp).map_err(|e| match e {
+                process::SpawnError::Jail(why) => Error::Sandbox {
+                    device: name.to_string(),
+                    why,
+                },
+                e => Error::Device(format!("{name}: starting its process: {e}")),
+            })?;
             log::debug!("{name}: device process {}", child.pid);
             child
                 .supervise(name.to_string(), events.clone())
@@ -163,7 +168,8 @@ fn spawn_process(
     name: &str,
     backend: &Backend,
     listener: &UnixListener,
-) -> std::io::Result<process::DeviceProcess> {
+    seccomp: crate::cli::SeccompMode,
+) -> std::result::Result<process::DeviceProcess, process::SpawnError> {
     let mut args = vec![
         "--name".to_string(),
         name.to_string(),
@@ -207,24 +213,28 @@ fn spawn_process(
             fds.push((output.as_raw_fd(), RESOURCE_FD + 1));
         }
     }
-    process::spawn(&args, &fds)
+    process::spawn(&args, &fds, seccomp)
 }
 
 /// Builds the device and serves it on the first connection `listener` accepts; returns when
 /// the frontend goes away. The same code runs in a device process, a thread and a daemon.
-pub fn serve_backend(backend: Backend, listener: UnixListener) -> Result<()> {
+pub fn serve_backend(
+    backend: Backend,
+    listener: UnixListener,
+    hooks: &dyn backend::ServeHooks,
+) -> Result<()> {
     let kind = backend.kind();
     let r = match backend {
         Backend::Blk {
             image,
             read_only,
             id,
-        } => backend::serve(Block::new(image, read_only, id), listener),
-        Backend::Rng => backend::serve(Rng::new(), listener),
+        } => backend::serve(Block::new(image, read_only, id), listener, hooks),
+        Backend::Rng => backend::serve(Rng::new(), listener, hooks),
         Backend::Console { input, output } => {
             let dev = Console::new(Some(input.into()), Box::new(output))
                 .map_err(|e| Error::Device(format!("virtio-console: {e}")))?;
-            backend::serve(dev, listener)
+            backend::serve(dev, listener, hooks)
         }
     };
     r.map_err(|e| Error::Device(format!("vhost-user {} backend: {e}", kind.name())))

@@ -20,7 +20,14 @@ pub fn connected_pair() -> io::Result<(UnixListener, UnixStream)> {
     // SAFETY: mkdtemp rewrites the XXXXXX of the NUL-terminated template in place; it creates
     // the directory with mode 0700.
     if unsafe { libc::mkdtemp(raw.as_mut_ptr().cast()) }.is_null() {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!(
+                "cannot make a private directory in {}: {e} (set XDG_RUNTIME_DIR or TMPDIR to a directory you can write)",
+                base.display()
+            ),
+        ));
     }
     raw.pop();
     // SAFETY: mkdtemp only replaced ASCII characters of bytes that came from an OsString.

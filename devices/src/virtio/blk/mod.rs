@@ -14,7 +14,7 @@ pub use image::{from_file, open_image, BlockError, DiskImage, SECTOR_SIZE};
 
 use request::{Executor, MAX_DISCARD_SEG};
 
-use super::backend::{Queues, VirtioBackend};
+use super::backend::{Allow, Queues, VirtioBackend};
 use super::COMMON_FEATURES;
 
 pub const QUEUE_SIZE: u16 = 256;
@@ -101,6 +101,20 @@ impl VirtioBackend for Block {
     // The only writable field would be `writeback` (CONFIG_WCE), which is not offered.
     fn config(&self) -> Vec<u8> {
         self.config.to_vec()
+    }
+
+    fn syscalls(&self) -> &'static [Allow] {
+        &[
+            // Reads and writes straight between the image and guest memory.
+            Allow::Call(libc::SYS_preadv),
+            Allow::Call(libc::SYS_pwritev),
+            // Write-zeroes without a hole to punch.
+            Allow::Call(libc::SYS_pwrite64),
+            // FLUSH.
+            Allow::Call(libc::SYS_fdatasync),
+            // DISCARD and WRITE_ZEROES punch or zero ranges.
+            Allow::Call(libc::SYS_fallocate),
+        ]
     }
 
     fn kicked(&self, index: u16, queues: &Queues<'_>) {

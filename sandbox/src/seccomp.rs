@@ -1,0 +1,152 @@
+//! seccomp allow-lists, built with `seccompiler` from lists compiled into the binary (no
+//! policy files to find at run time). A call outside the list traps: a SIGSYS handler writes
+//! the call's number to a report fd the parent reads, says which call on stderr, and exits.
+//! In `Log` mode the kernel logs the call and lets it run (for finding what a workload needs).
+
+use std::collections::BTreeMap;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use crate::{syscalls, Error, Result};
+
+/// What a filter does with calls outside its list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// SIGSYS: reported and fatal.
+    Trap,
+    /// Logged by the kernel (dmesg / audit), then allowed.
+    Log,
+}
+
+/// Exit status of a process its filter stopped (128 + SIGSYS, as a shell would show it).
+pub const EXIT_SECCOMP: i32 = 128 + libc::SIGSYS;
+
+#[cfg(target_arch = "x86_64")]
+const ARCH: TargetArch = TargetArch::x86_64;
+#[cfg(target_arch = "aarch64")]
+const ARCH: TargetArch = TargetArch::aarch64;
+
+/// One entry of an allow-list: a system call, or a system call with this first argument
+/// (e.g. prctl(PR_SET_NAME) but no other prctl).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Allow {
+    Call(i64),
+    CallWithArg0(i64, u64),
+}
+
+/// Compiles an allow-list.
+pub fn filter(allowed: &[Allow], mode: Mode) -> Result<BpfProgram> {
+    let err = |e: seccompiler::BackendError| Error::Seccomp(e.to_string());
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for a in allowed {
+        match *a {
+            // An empty rule list allows the call whatever its arguments; it wins over rules.
+            Allow::Call(nr) => {
+                rules.insert(nr, Vec::new());
+            }
+            Allow::CallWithArg0(nr, arg0) => {
+                let cond =
+                    SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, arg0)
+                        .map_err(err)?;
+                let rule = SeccompRule::new(vec![cond]).map_err(err)?;
+                match rules.get_mut(&nr) {
+                    Some(v) if v.is_empty() => {}
+                    Some(v) => v.push(rule),
+                    None => {
+                        rules.insert(nr, vec![rule]);
+                    }
+                }
+            }
+        }
+    }
+    let mismatch = match mode {
+        Mode::Trap => SeccompAction::Trap,
+        Mode::Log => SeccompAction::Log,
+    };
+    let f = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, ARCH)
+        .map_err(|e| Error::Seccomp(e.to_string()))?;
+    BpfProgram::try_from(f).map_err(|e| Error::Seccomp(e.to_string()))
+}
+
+/// Where the SIGSYS handler reports (-1: nowhere but stderr).
+static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
+/// The process's name for the stderr line, set once before the filter.
+static NAME: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// Installs the SIGSYS handler: `name` for its stderr line, `report` an fd that gets the
+/// call's number ([`crate::report::Report::Syscall`]) before the process exits.
+pub fn install_reporter(name: &str, report: Option<RawFd>) -> Result<()> {
+    let _ = NAME.set(name.as_bytes().to_vec());
+    REPORT_FD.store(report.unwrap_or(-1), Ordering::Relaxed);
+    // SAFETY: a sigaction with an async-signal-safe handler (on_sigsys makes only write(2)
+    // and _exit(2) calls on static data and its stack).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigsys as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut()) != 0 {
+            return Err(Error::Seccomp(format!(
+                "installing the SIGSYS handler: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
+    Ok(())
+}
+
+extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // siginfo's SIGSYS fields: _call_addr (a pointer) at 16, _syscall (an int) at 24, on
+    // every 64-bit Linux.
+    // SAFETY: the kernel passed a valid siginfo for SIGSYS.
+    let nr = unsafe { *(info as *const u8).add(24).cast::<i32>() };
+    let mut line = [0u8; 160];
+    let mut n = 0;
+    let mut put = |b: &[u8]| {
+        let k = b.len().min(line.len() - n);
+        line[n..n + k].copy_from_slice(&b[..k]);
+        n += k;
+    };
+    put(b"berth[");
+    put(NAME.get().map(Vec::as_slice).unwrap_or(b"?"));
+    put(b"]: error: seccomp: system call ");
+    let mut digits = [0u8; 12];
+    let mut d = digits.len();
+    let mut v = nr.unsigned_abs();
+    loop {
+        d -= 1;
+        digits[d] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    put(&digits[d..]);
+    put(b" (");
+    put(syscalls::name(i64::from(nr)).as_bytes());
+    put(b") is not in this device's policy; the device stops\n");
+    // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffers live on this stack.
+    unsafe {
+        libc::write(2, line.as_ptr().cast(), n);
+        let fd = REPORT_FD.load(Ordering::Relaxed);
+        if fd >= 0 {
+            crate::report::send_syscall_raw(fd, nr);
+        }
+        libc::_exit(EXIT_SECCOMP);
+    }
+}
+
+/// Applies `prog` to every thread of the process (TSYNC).
+pub fn apply_all_threads(prog: &BpfProgram) -> Result<()> {
+    seccompiler::apply_filter_all_threads(prog).map_err(|e| Error::Seccomp(e.to_string()))
+}
+
+/// Applies `prog` to the calling thread only.
+pub fn apply_this_thread(prog: &BpfProgram) -> Result<()> {
+    seccompiler::apply_filter(prog).map_err(|e| Error::Seccomp(e.to_string()))
+}
