@@ -173,11 +173,17 @@ unsafe fn child(
             libc::_exit(121);
         }
         // Become the mapped ids: uid 0 inside, the jail's unprivileged uid outside. Without
-        // this the process would keep its old credentials outside the namespace.
-        if root && libc::setgroups(0, std::ptr::null()) != 0 {
+        // this the process would keep its old credentials outside the namespace. Raw system
+        // calls, not glibc's wrappers: those change the ids of every thread glibc knows of
+        // (a signal to each, then a wait), and after a raw clone of a multi-threaded
+        // parent glibc still lists the parent's threads, so they would wait for ever.
+        if root && libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) != 0
+        {
             libc::_exit(122);
         }
-        if libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 {
+        if libc::syscall(libc::SYS_setresgid, 0u32, 0u32, 0u32) != 0
+            || libc::syscall(libc::SYS_setresuid, 0u32, 0u32, 0u32) != 0
+        {
             libc::_exit(123);
         }
         // After the change of ids, which clears a parent-death signal set before it.
