@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
 
+pub use seccompiler::BpfProgram;
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    TargetArch,
 };
 
 use crate::{syscalls, Error, Result};
@@ -75,13 +76,45 @@ pub fn filter(allowed: &[Allow], mode: Mode) -> Result<BpfProgram> {
 
 /// Where the SIGSYS handler reports (-1: nowhere but stderr).
 static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
-/// The process's name for the stderr line, set once before the filter.
+/// The stderr line's prefix ("berth[NAME]" for a device, "berth"), set once before the filter.
 static NAME: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+/// How the stderr line ends, after the call's name.
+static ENDING: std::sync::OnceLock<&'static [u8]> = std::sync::OnceLock::new();
+/// Called by the handler just before the process exits (e.g. to restore a terminal): it must
+/// be async-signal-safe and make only calls every filter of the process allows.
+static BEFORE_EXIT: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
 
-/// Installs the SIGSYS handler: `name` for its stderr line, `report` an fd that gets the
-/// call's number ([`crate::report::Report::Syscall`]) before the process exits.
+std::thread_local! {
+    /// The calling thread's filter, named for the stderr line ("" when it has none of its
+    /// own). Const-initialised and without a destructor: reading it in a signal handler is a
+    /// plain thread-local load.
+    static THREAD_FILTER: std::cell::Cell<&'static str> = const { std::cell::Cell::new("") };
+}
+
+/// Installs the SIGSYS handler of a device process: `name` for its stderr line, `report` an
+/// fd that gets the call's number ([`crate::report::Report::Syscall`]) before it exits.
 pub fn install_reporter(name: &str, report: Option<RawFd>) -> Result<()> {
-    let _ = NAME.set(name.as_bytes().to_vec());
+    install_reporter_with(
+        &format!("berth[{name}]"),
+        report,
+        b"is not in this device's policy; the device stops\n",
+        None,
+    )
+}
+
+/// Installs the SIGSYS handler with its stderr line's prefix and end, and a last step before
+/// the process exits.
+pub fn install_reporter_with(
+    prefix: &str,
+    report: Option<RawFd>,
+    ending: &'static [u8],
+    before_exit: Option<fn()>,
+) -> Result<()> {
+    let _ = NAME.set(prefix.as_bytes().to_vec());
+    let _ = ENDING.set(ending);
+    if let Some(f) = before_exit {
+        let _ = BEFORE_EXIT.set(f);
+    }
     REPORT_FD.store(report.unwrap_or(-1), Ordering::Relaxed);
     // SAFETY: a sigaction with an async-signal-safe handler (on_sigsys makes only write(2)
     // and _exit(2) calls on static data and its stack).
@@ -112,9 +145,8 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
         line[n..n + k].copy_from_slice(&b[..k]);
         n += k;
     };
-    put(b"berth[");
-    put(NAME.get().map(Vec::as_slice).unwrap_or(b"?"));
-    put(b"]: error: seccomp: system call ");
+    put(NAME.get().map(Vec::as_slice).unwrap_or(b"berth"));
+    put(b": error: seccomp: system call ");
     let mut digits = [0u8; 12];
     let mut d = digits.len();
     let mut v = nr.unsigned_abs();
@@ -129,10 +161,20 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
     put(&digits[d..]);
     put(b" (");
     put(syscalls::name(i64::from(nr)).as_bytes());
-    put(b") is not in this device's policy; the device stops\n");
+    put(b") ");
+    let thread = THREAD_FILTER.with(|t| t.get());
+    if !thread.is_empty() {
+        put(b"by a thread under the ");
+        put(thread.as_bytes());
+        put(b" filter ");
+    }
+    put(ENDING.get().copied().unwrap_or(b"is not allowed\n"));
     // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffers live on this stack.
     unsafe {
         libc::write(2, line.as_ptr().cast(), n);
+        if let Some(f) = BEFORE_EXIT.get() {
+            f();
+        }
         let fd = REPORT_FD.load(Ordering::Relaxed);
         if fd >= 0 {
             crate::report::send_syscall_raw(fd, nr);
@@ -146,7 +188,14 @@ pub fn apply_all_threads(prog: &BpfProgram) -> Result<()> {
     seccompiler::apply_filter_all_threads(prog).map_err(|e| Error::Seccomp(e.to_string()))
 }
 
-/// Applies `prog` to the calling thread only.
+/// Applies `prog` to the calling thread only (and the threads it starts later).
 pub fn apply_this_thread(prog: &BpfProgram) -> Result<()> {
     seccompiler::apply_filter(prog).map_err(|e| Error::Seccomp(e.to_string()))
+}
+
+/// Applies `prog` to the calling thread, named `filter` in a violation's report.
+pub fn apply_this_thread_named(prog: &BpfProgram, filter: &'static str) -> Result<()> {
+    apply_this_thread(prog)?;
+    THREAD_FILTER.with(|t| t.set(filter));
+    Ok(())
 }

@@ -60,6 +60,7 @@ pub mod cpio;
 pub mod ext4;
 pub mod guest;
 pub mod host;
+pub mod jail;
 mod process;
 
 pub use assets::Assets;

@@ -3,6 +3,9 @@
 //! disk, and exits 0 when the guest powers off or resets through PSCI. On an x86_64 machine
 //! this runs in the emulated aarch64 host (QEMU TCG, virtualization=on).
 
+use berth_tests::jail::{
+    check_berth_filtered, check_jails, check_no_call_logged, host_out, INSPECT,
+};
 use berth_tests::{assets, Arch, GuestRun, Kernel, Outcome};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -123,4 +126,49 @@ done
     if !text.contains("killed: ") {
         out.fail(&format!("the host script found no device process:\n{text}"));
     }
+}
+
+/// The jail on aarch64: seen from outside, each device process and each of its threads is
+/// locked down, every thread of berth runs under its filter, and with `--seccomp log` a boot
+/// that reads the disk, draws entropy and powers off makes no call outside any filter.
+#[test]
+fn devices_are_jailed_and_no_call_leaves_the_filters() {
+    let disk = disk();
+    let guest = r#"echo "disk: $(head -c 18 /dev/vda)"
+echo "rng: $(head -c 16 /dev/hwrng | wc -c)"
+echo INSPECT
+sleep 4
+poweroff -f
+"#;
+    let out = GuestRun::new(Kernel::BzImage)
+        .arch(Arch::Aarch64)
+        .args([
+            "--cpus",
+            "2",
+            "--memory",
+            "512",
+            "--rng",
+            "--seccomp",
+            "log",
+        ])
+        .args(["--disk", "path={file:disk.img}"])
+        .file(&disk)
+        .modules(["virtio_pci", "virtio_blk", "virtio-rng"])
+        .script(guest)
+        .host_script("INSPECT", INSPECT)
+        .timeout(Duration::from_secs(300))
+        .run();
+    let _ = std::fs::remove_dir_all(disk.parent().unwrap());
+    let Some(out) = out else { return };
+    out.assert_success()
+        .assert_console_contains("disk: berth-aarch64-disk")
+        .assert_console_contains("rng: 16");
+    let text = host_out(&out);
+    eprintln!("{text}");
+    let n = check_jails(&out, &text, "65534");
+    if n != 2 {
+        out.fail(&format!("{n} device processes, expected 2:\n{text}"));
+    }
+    check_berth_filtered(&out, &text);
+    check_no_call_logged(&out);
 }

@@ -8,7 +8,10 @@
 #![cfg(target_arch = "x86_64")]
 
 use berth_tests::ext4::{self, Ext4Image};
-use berth_tests::{GuestRun, Kernel, Outcome, HOST_SCRIPT_OUT};
+use berth_tests::jail::{
+    check_berth_filtered, check_jails, check_no_call_logged, host_out, procs, INSPECT,
+};
+use berth_tests::{GuestRun, Kernel};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -19,140 +22,6 @@ fn scratch_dir(test: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn host_out(out: &Outcome) -> String {
-    let bytes = out
-        .files
-        .get(HOST_SCRIPT_OUT)
-        .unwrap_or_else(|| out.fail("the host script left no output"));
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// For berth and each of its device processes: "proc NAME PID uid=U ns:mnt=.. ns:pid=..",
-/// one "thread PID TID Seccomp=S NoNewPrivs=N CapEff=C" per thread, "fd PID N -> TARGET" per
-/// fd, "root PID ENTRIES".
-const INSPECT: &str = r#"show() { # pid name
-  p=$1
-  echo "proc $2 $p uid=$(awk '/^Uid:/ { print $2 }' /proc/$p/status) $(for n in mnt pid net user ipc uts; do printf 'ns:%s=%s ' $n "$(readlink /proc/$p/ns/$n)"; done)"
-  for t in /proc/$p/task/*; do
-    echo "thread $p ${t##*/} Seccomp=$(awk '/^Seccomp:/ { print $2 }' $t/status) NoNewPrivs=$(awk '/^NoNewPrivs:/ { print $2 }' $t/status) CapEff=$(awk '/^CapEff:/ { print $2 }' $t/status) CapPrm=$(awk '/^CapPrm:/ { print $2 }' $t/status) CapBnd=$(awk '/^CapBnd:/ { print $2 }' $t/status)"
-  done
-  for f in /proc/$p/fd/*; do echo "fd $p ${f##*/} -> $(readlink $f)"; done
-  echo "root $p $(ls -a /proc/$p/root/ 2>&1 | tr '\n' ' ')"
-}
-show $BERTH_PID berth
-for d in /proc/[0-9]*; do
-  [ "$(awk '/^PPid:/ { print $2 }' $d/status 2>/dev/null)" = "$BERTH_PID" ] || continue
-  name=$(tr '\0' '\n' <$d/cmdline | awk 'prev == "--name" { print; exit } { prev = $0 }')
-  show ${d#/proc/} "$name"
-done
-"#;
-
-struct Proc<'a> {
-    name: &'a str,
-    pid: &'a str,
-    uid: &'a str,
-    ns: Vec<&'a str>,
-}
-
-fn procs(text: &str) -> Vec<Proc<'_>> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("proc "))
-        .map(|l| {
-            let mut w = l.split_whitespace();
-            let (name, pid) = (w.next().unwrap(), w.next().unwrap());
-            let uid = w.next().unwrap().trim_start_matches("uid=");
-            Proc {
-                name,
-                pid,
-                uid,
-                ns: w.collect(),
-            }
-        })
-        .collect()
-}
-
-/// Checks the jail of every device process in `text`; returns how many there were.
-fn check_jails(out: &Outcome, text: &str, uid: &str) -> usize {
-    let all = procs(text);
-    let berth = all
-        .iter()
-        .find(|p| p.name == "berth")
-        .unwrap_or_else(|| out.fail(&format!("berth not inspected:\n{text}")));
-    let devices: Vec<&Proc> = all.iter().filter(|p| p.name != "berth").collect();
-    for d in &devices {
-        if d.uid != uid {
-            out.fail(&format!(
-                "{} runs as uid {}, not {uid}:\n{text}",
-                d.name, d.uid
-            ));
-        }
-        for kind in ["mnt", "pid", "net", "user"] {
-            let ns = |p: &Proc| {
-                p.ns.iter()
-                    .find(|n| n.starts_with(&format!("ns:{kind}=")))
-                    .map(|n| n.to_string())
-            };
-            if ns(d).is_none() || ns(d) == ns(berth) {
-                out.fail(&format!(
-                    "{} shares berth's {kind} namespace:\n{text}",
-                    d.name
-                ));
-            }
-        }
-        let threads: Vec<&str> = text
-            .lines()
-            .filter(|l| l.starts_with(&format!("thread {} ", d.pid)))
-            .collect();
-        if threads.len() < 2 {
-            out.fail(&format!(
-                "{} has {} threads:\n{text}",
-                d.name,
-                threads.len()
-            ));
-        }
-        for t in &threads {
-            for want in [
-                "Seccomp=2",
-                "NoNewPrivs=1",
-                "CapEff=0000000000000000",
-                "CapPrm=0000000000000000",
-                "CapBnd=0000000000000000",
-            ] {
-                if !t.contains(want) {
-                    out.fail(&format!("{}: a thread lacks {want}: {t}", d.name));
-                }
-            }
-        }
-        let root = text
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("root {} ", d.pid)))
-            .unwrap_or("");
-        if root.split_whitespace().collect::<Vec<_>>() != [".", ".."] {
-            out.fail(&format!("{}'s root is not empty: {root}", d.name));
-        }
-        // Its fds: stdio (/dev/null twice, berth's stderr), its socket, the report pipe and
-        // its resources; and what the running backend opened (eventfds, epoll, guest RAM,
-        // the connection): nothing else, and no path but its disk image.
-        for l in text
-            .lines()
-            .filter_map(|l| l.strip_prefix(&format!("fd {} ", d.pid)))
-        {
-            let target = l.split(" -> ").nth(1).unwrap_or("");
-            let expected = target.starts_with("socket:")
-                || target.starts_with("pipe:")
-                || target.starts_with("anon_inode:")
-                || target == "/dev/null"
-                || target.starts_with("/#") // guest RAM: the unlinked tmpfs file
-                || target.starts_with("/memfd:")
-                || (d.name.starts_with("virtio-blk") && target.ends_with(".img"));
-            if !expected {
-                out.fail(&format!("{}: unexpected fd {l}", d.name));
-            }
-        }
-    }
-    devices.len()
 }
 
 /// A jailed boot with disk, rng and console: seen from outside, each device process and each
@@ -194,6 +63,7 @@ poweroff -f
     eprintln!("{text}");
     // As root, the devices run as nobody.
     let n = check_jails(&out, &text, "65534");
+    check_berth_filtered(&out, &text);
     if n != 3 {
         out.fail(&format!("{n} device processes, expected 3:\n{text}"));
     }
@@ -244,17 +114,7 @@ poweroff -f
     };
     let _ = std::fs::remove_dir_all(&dir);
     out.assert_success().assert_console_contains("CONSOLE-OUT");
-    let logged: Vec<&str> = out
-        .host_log
-        .lines()
-        .filter(|l| l.contains("type=1326"))
-        .collect();
-    if !logged.is_empty() {
-        out.fail(&format!(
-            "calls outside the policies were logged:\n{}",
-            logged.join("\n")
-        ));
-    }
+    check_no_call_logged(&out);
 }
 
 /// berth run by an ordinary user who can open /dev/kvm: the same jail, the devices running
@@ -328,4 +188,39 @@ fn a_call_outside_the_policy_stops_the_device_and_is_named() {
         .assert_console_lacks("STILL-RUNNING")
         .assert_log_contains("device virtio-rng failed")
         .assert_log_contains("(getppid) is not in its policy");
+}
+
+/// A thread of berth that makes a call outside its filter stops berth: status 159, the call
+/// and the thread's filter named, the device processes gone with it. (The call comes from a
+/// test trigger, `BERTH_TEST_FORBIDDEN_CALL=berth@SECONDS`, in the control loop, once the
+/// guest is up: the host script looks for device processes after berth is gone.)
+#[test]
+fn a_call_outside_berths_own_filter_stops_berth_and_is_named() {
+    let host = r#"while kill -0 $BERTH_PID 2>/dev/null; do sleep 0.2; done
+sleep 1
+for d in /proc/[0-9]*; do
+  tr '\0' ' ' <$d/cmdline 2>/dev/null | grep -q -- '[-]-jail-report-fd' && echo "left: ${d#/proc/}"
+done
+echo checked
+"#;
+    let Some(out) = GuestRun::new(Kernel::BzImage)
+        .env("BERTH_TEST_FORBIDDEN_CALL", "berth@40")
+        .args(["--memory", "256", "--rng"])
+        .modules(["virtio_pci", "virtio-rng"])
+        .script("echo UP\nsleep 90\necho STILL-RUNNING\n")
+        .host_script("UP", host)
+        .timeout(TIMEOUT)
+        .run()
+    else {
+        return;
+    };
+    out.assert_status(159)
+        .assert_console_lacks("STILL-RUNNING")
+        .assert_log_contains(
+            "system call 110 (getppid) by a thread under the control filter is outside that filter",
+        );
+    let text = host_out(&out);
+    if text.contains("left: ") || !text.contains("checked") {
+        out.fail(&format!("device processes outlived berth:\n{text}"));
+    }
 }

@@ -35,6 +35,7 @@ impl RawTerminal {
             return RawTerminal { active: false };
         }
         *devices::bus::lock(&SAVED_TERMIOS) = Some(t);
+        let _ = SAVED_FOR_SIGNAL.set(t);
         // Raw input (keys, Ctrl-C included, go to the guest) but keep output processing so
         // berth's own log lines still start at column 0.
         t.c_iflag &= !(libc::IGNBRK
@@ -63,6 +64,18 @@ impl RawTerminal {
 impl Drop for RawTerminal {
     fn drop(&mut self) {
         restore_terminal();
+    }
+}
+
+/// The terminal settings berth found, for a signal handler: written once, before any
+/// filter, and only read afterwards.
+static SAVED_FOR_SIGNAL: std::sync::OnceLock<libc::termios> = std::sync::OnceLock::new();
+
+/// Restores the terminal from a signal handler (the SIGSYS reporter): one ioctl, no lock.
+pub fn restore_terminal_after_signal() {
+    if let Some(t) = SAVED_FOR_SIGNAL.get() {
+        // SAFETY: valid fd and a termios obtained from tcgetattr; tcsetattr is one ioctl.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, t) };
     }
 }
 
@@ -137,45 +150,43 @@ pub fn spawn_stdin_feeder(
     events: Sender<VmEvent>,
     escape: bool,
 ) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || {
-            let mut stdin = std::io::stdin().lock();
-            let mut buf = [0u8; 256];
-            let mut after_ctrl_a = false;
-            loop {
-                let n = match stdin.read(&mut buf) {
-                    Ok(0) => return, // EOF: the guest just gets no more input
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        log::warn!("reading stdin failed, console input stops: {e}");
-                        return;
-                    }
-                };
-                let mut input = Vec::with_capacity(n);
-                for &b in &buf[..n] {
-                    if !escape {
-                        input.push(b);
-                    } else if after_ctrl_a {
-                        after_ctrl_a = false;
-                        match b {
-                            b'x' | b'X' => {
-                                let _ = events.send(VmEvent::UserQuit);
-                                return;
-                            }
-                            _ => input.push(b),
-                        }
-                    } else if b == CTRL_A {
-                        after_ctrl_a = true;
-                    } else {
-                        input.push(b);
-                    }
-                }
-                if !target.deliver(&input) {
+    crate::filters::spawn_helper("stdin".into(), move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = [0u8; 256];
+        let mut after_ctrl_a = false;
+        loop {
+            let n = match stdin.read(&mut buf) {
+                Ok(0) => return, // EOF: the guest just gets no more input
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("reading stdin failed, console input stops: {e}");
                     return;
                 }
+            };
+            let mut input = Vec::with_capacity(n);
+            for &b in &buf[..n] {
+                if !escape {
+                    input.push(b);
+                } else if after_ctrl_a {
+                    after_ctrl_a = false;
+                    match b {
+                        b'x' | b'X' => {
+                            let _ = events.send(VmEvent::UserQuit);
+                            return;
+                        }
+                        _ => input.push(b),
+                    }
+                } else if b == CTRL_A {
+                    after_ctrl_a = true;
+                } else {
+                    input.push(b);
+                }
             }
-        })
-        .map(|_| ())
+            if !target.deliver(&input) {
+                return;
+            }
+        }
+    })
+    .map(|_| ())
 }

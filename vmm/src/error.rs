@@ -46,6 +46,8 @@ pub enum Error {
     Device(String),
     #[error("cannot jail {device}: {why}; user namespaces may be unavailable or restricted here (AppArmor on Ubuntu 24.04 refuses mounts in them): allow them, or run with --disable-sandbox to run the devices unjailed, as threads of berth")]
     Sandbox { device: String, why: String },
+    #[error("berth's seccomp filters: {0}")]
+    Filter(sandbox::Error),
     #[error("starting vCPU thread {cpu}: {source}")]
     VcpuThread { cpu: u32, source: std::io::Error },
     #[error("vCPU {cpu}: {what}")]

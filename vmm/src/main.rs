@@ -5,6 +5,7 @@ mod console;
 mod device_cmd;
 mod error;
 mod events;
+mod filters;
 mod memory;
 mod pci;
 mod platform;

@@ -31,6 +31,7 @@ pub fn run(mut vcpu: Box<dyn Vcpu>, ctx: VcpuContext, kicker_tx: Sender<(u32, Ki
             ctx.start.elapsed().as_micros()
         );
     }
+    crate::filters::enter(crate::filters::Filter::Vcpu);
     while !ctx.stop.load(Ordering::Acquire) {
         let event = match vcpu.run() {
             Ok(VcpuExit::Shutdown) => {

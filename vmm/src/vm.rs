@@ -14,6 +14,7 @@ use devices::virtio::blk::{self, DiskImage};
 use crate::cli::{ConsoleChoice, HypervisorChoice, RunArgs, SerialDest};
 use crate::error::{Error, Result};
 use crate::events::{Outcome, VmEvent};
+use crate::filters::Filter;
 use crate::platform::{GuestFiles, MAX_CPUS, MIN_MEMORY};
 use crate::vhost_user::{self, Backend, Placement};
 use crate::{console, memory, pci, platform, vcpu};
@@ -92,6 +93,9 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
 
     let lap = |stage: &str| log::debug!("{stage}: {} us after start", start.elapsed().as_micros());
     lap("arguments checked");
+    // Compiled before berth starts its first helper thread, which enters its filter.
+    crate::filters::init(args.seccomp)?;
+    devices::virtio::frontend::set_thread_start(|| crate::filters::enter(Filter::Control));
     let hv = hypervisor::open(match args.hypervisor {
         HypervisorChoice::Auto => None,
         HypervisorChoice::Kvm => Some(HypervisorKind::Kvm),
@@ -246,6 +250,16 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
     drop(kick_tx);
     drop(events_tx);
     let kickers: Vec<Kicker> = kick_rx.iter().map(|(_, k)| k).collect();
+    // Every thread of berth exists now: the control loop enters its filter too (stopping the
+    // VM and exiting included).
+    crate::filters::enter(Filter::Control);
+    // A test trigger (BERTH_TEST_FORBIDDEN_CALL=berth@SECONDS): that long after the guest
+    // starts, the control loop makes a call outside its filter, as a compromised thread of
+    // berth would. No guest action can do this.
+    let forbidden_call_at = std::env::var("BERTH_TEST_FORBIDDEN_CALL")
+        .ok()
+        .and_then(|v| v.strip_prefix("berth@")?.parse::<u64>().ok())
+        .map(|s| Instant::now() + Duration::from_secs(s));
 
     let result = loop {
         match events_rx.recv_timeout(Duration::from_millis(100)) {
@@ -258,6 +272,10 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
                 break Ok(Outcome::DeviceFailed { device, what })
             }
             Err(RecvTimeoutError::Timeout) => {
+                if forbidden_call_at.is_some_and(|t| Instant::now() >= t) {
+                    // SAFETY: a system call without arguments.
+                    unsafe { libc::syscall(libc::SYS_getppid) };
+                }
                 let sig = SIGNAL.load(Ordering::SeqCst);
                 if sig != 0 {
                     break Ok(Outcome::Signal(sig));

@@ -53,9 +53,7 @@ pub struct ControlParts {
 /// Starts the control thread of one device.
 pub fn start(parts: ControlParts) -> std::io::Result<Controller> {
     let (tx, rx) = mpsc::channel();
-    std::thread::Builder::new()
-        .name(format!("{}-ctl", parts.name))
-        .spawn(move || run(parts, rx))?;
+    crate::filters::spawn_helper(format!("{}-ctl", parts.name), move || run(parts, rx))?;
     Ok(Controller { tx })
 }
 

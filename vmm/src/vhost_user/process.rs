@@ -87,6 +87,7 @@ pub fn spawn(
         (tx.as_raw_fd(), REPORT_FD),
     ];
     all.extend_from_slice(fds);
+    let started = std::time::Instant::now();
     let child = sandbox::spawn::spawn(&sandbox::spawn::Command {
         program: cstr(b"/proc/self/exe")?,
         args: argv,
@@ -101,7 +102,15 @@ pub fn spawn(
         report: File::from(rx),
     };
     match dp.first_report() {
-        Ok(()) => Ok(dp),
+        Ok(()) => {
+            // Start and jail set-up, up to the device's report (bench/boot.sh reads this).
+            log::debug!(
+                "device process {} jailed and ready {} us after its start",
+                dp.pid,
+                started.elapsed().as_micros()
+            );
+            Ok(dp)
+        }
         Err(e) => {
             dp.kill_and_reap();
             Err(e)
@@ -111,12 +120,10 @@ pub fn spawn(
 
 /// Copies a device's log lines to berth's stderr until the device is gone.
 fn relay_log(mut from: File) -> io::Result<()> {
-    std::thread::Builder::new()
-        .name("device-log".into())
-        .spawn(move || {
-            let _ = io::copy(&mut from, &mut io::stderr());
-        })
-        .map(|_| ())
+    crate::filters::spawn_helper("device-log".into(), move || {
+        let _ = io::copy(&mut from, &mut io::stderr());
+    })
+    .map(|_| ())
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
@@ -238,9 +245,7 @@ impl DeviceProcess {
     /// reports its end to the control loop as a failure of `device`: device processes only
     /// end when the VM does, and by then nobody listens. A seccomp violation is named.
     pub fn supervise(self, device: String, events: Sender<VmEvent>) -> io::Result<()> {
-        std::thread::Builder::new()
-            .name(format!("{device}-watch"))
-            .spawn(move || {
+        crate::filters::spawn_helper(format!("{device}-watch"), move || {
                 let _ = poll_in(self.pidfd.as_raw_fd(), None);
                 let how = self.reap();
                 let mut report = &self.report;
@@ -254,8 +259,8 @@ impl DeviceProcess {
                 };
                 log::debug!("{device}: {what}");
                 let _ = events.send(VmEvent::DeviceFailed { device, what });
-            })
-            .map(|_| ())
+        })
+        .map(|_| ())
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use devices::virtio::pci::Wiring;
 use devices::{log_limited, EventFd};
@@ -15,7 +15,7 @@ type Callback = Arc<dyn Fn() + Send + Sync>;
 
 pub struct VmWiring {
     vm: Arc<dyn Vm>,
-    watcher: OnceLock<Option<Arc<CallWatcher>>>,
+    watcher: Option<Arc<CallWatcher>>,
 }
 
 struct CallWatcher {
@@ -24,24 +24,22 @@ struct CallWatcher {
 }
 
 impl VmWiring {
+    /// Starts the watcher thread now, while berth sets the VM up: a driver may switch to INTx
+    /// at any time, and by then berth's threads are under seccomp filters that start no
+    /// thread. It sleeps in epoll_wait until then.
     pub fn new(vm: Arc<dyn Vm>) -> Self {
-        VmWiring {
-            vm,
-            watcher: OnceLock::new(),
-        }
+        let watcher = match CallWatcher::start() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                log::error!("cannot start the INTx call watcher: {e}");
+                None
+            }
+        };
+        VmWiring { vm, watcher }
     }
 
-    /// The watcher thread, started the first time a call fd is watched.
     fn watcher(&self) -> Option<&Arc<CallWatcher>> {
-        self.watcher
-            .get_or_init(|| match CallWatcher::start() {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    log::error!("cannot start the INTx call watcher: {e}");
-                    None
-                }
-            })
-            .as_ref()
+        self.watcher.as_ref()
     }
 }
 
@@ -52,9 +50,7 @@ impl CallWatcher {
             callbacks: Mutex::new(HashMap::new()),
         });
         let w2 = w.clone();
-        std::thread::Builder::new()
-            .name("intx-calls".into())
-            .spawn(move || w2.run())?;
+        crate::filters::spawn_helper("intx-calls".into(), move || w2.run())?;
         Ok(w)
     }
 

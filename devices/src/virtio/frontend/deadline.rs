@@ -6,6 +6,15 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// What a watchdog thread runs first: the VMM's thread set-up (its seccomp filter), which
+/// this crate knows nothing of.
+static THREAD_START: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets what every watchdog thread runs first; once, before the first frontend.
+pub fn set_thread_start(f: fn()) {
+    let _ = THREAD_START.set(f);
+}
+
 struct Shared {
     /// When the request in progress must have ended; `None` between requests.
     due: Option<Instant>,
@@ -34,7 +43,12 @@ impl Deadline {
         let s = shared.clone();
         std::thread::Builder::new()
             .name("vhost-deadline".into())
-            .spawn(move || watch(&s, stream))?;
+            .spawn(move || {
+                if let Some(f) = THREAD_START.get() {
+                    f();
+                }
+                watch(&s, stream)
+            })?;
         Ok(Deadline { shared, timeout })
     }
 

@@ -9,6 +9,7 @@ use std::io;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+pub use deadline::set_thread_start;
 use deadline::Deadline;
 
 use thiserror::Error;
