@@ -63,7 +63,7 @@ guest_initrd() { # name, test.sh text
 }
 guest_initrd timer 'devmem 0xf0000000 8 123; reboot -f'
 guest_initrd plain 'reboot -f'
-guest_initrd sleep 'devmem 0xf0000000 8 123; sleep 6; reboot -f'
+guest_initrd sleep 'devmem 0xf0000000 8 123; sleep 40; reboot -f'
 
 cat >"$R/init" <<EOS
 #!/bin/busybox sh
@@ -102,7 +102,9 @@ pss() {
   pids="\$pid \$(for d in /proc/[0-9]*; do [ "\$(awk '/^PPid:/ { print \$2 }' \$d/status 2>/dev/null)" = "\$pid" ] && echo \${d#/proc/}; done)"
   out=0; ram=0; n=0
   for p in \$pids; do
-    set -- \$(awk '/^Size:/ { big = (\$2 == 262144) } /^Pss:/ { if (big) r += \$2; else o += \$2 } END { print o + 0, r + 0 }' /proc/\$p/smaps)
+    r=\$(awk '/^Size:/ { big = (\$2 == 262144) } /^Pss:/ { if (big) r += \$2; else o += \$2 } END { print o + 0, r + 0 }' /proc/\$p/smaps 2>/dev/null)
+    [ -n "\$r" ] || { echo "PSS \$label: cannot read /proc/\$p/smaps"; continue; }
+    set -- \$r
     out=\$((out + \$1)); ram=\$((ram + \$2)); n=\$((n + 1))
   done
   echo "PSS \$label processes=\$n outside_guest_kib=\$out guest_kib=\$ram"
@@ -128,8 +130,10 @@ case "\$PARTS" in *devices*)
   for i in \$(seq $RUNS); do berth_run devproc 1 timer "\$DEV"; berth_run devthread 1 timer "\$DEV --disable-sandbox"; done
   for mode in proc thread; do
     extra=; [ \$mode = thread ] && extra=--disable-sandbox
-    /bin/berth run --kernel /guest/bzImage --initrd /guest/sleep.cpio.gz --memory 256 --cmdline "\$CMD" \$DEV \$extra </dev/null >/dev/null 2>&1 &
-    p=\$!; sleep 25; pss \$p dev\$mode; wait \$p
+    /bin/berth run --kernel /guest/bzImage --initrd /guest/sleep.cpio.gz --memory 256 --cmdline "\$CMD" \$DEV \$extra </dev/null >/dev/null 2>/tmp/pss-err &
+    p=\$!; sleep 25; pss \$p dev\$mode
+    while kill -0 \$p 2>/dev/null; do sleep 0.5; done
+    sed 's/^/PSSLOG berth: /' /tmp/pss-err
   done
   CMD=\$CMD0;;
 esac
