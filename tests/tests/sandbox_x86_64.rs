@@ -224,3 +224,31 @@ echo checked
         out.fail(&format!("device processes outlived berth:\n{text}"));
     }
 }
+
+/// Where user namespaces are off, berth never runs a device unjailed: one line names the
+/// problem and the way out (`--disable-sandbox`), the guest never starts, the status is 1.
+#[test]
+fn without_user_namespaces_berth_says_so_in_one_line() {
+    let Some(out) = GuestRun::new(Kernel::BzImage)
+        .before("echo 0 >/proc/sys/user/max_user_namespaces")
+        .args(["--memory", "256", "--rng"])
+        .modules(["virtio_pci", "virtio-rng"])
+        .script("echo SHOULD-NOT-RUN\npoweroff -f\n")
+        .timeout(TIMEOUT)
+        .run()
+    else {
+        return;
+    };
+    out.assert_status(1)
+        .assert_console_lacks("SHOULD-NOT-RUN")
+        .assert_log_contains("error: cannot jail virtio-rng")
+        .assert_log_contains("run with --disable-sandbox");
+    let errors = out
+        .berth_log
+        .lines()
+        .filter(|l| l.contains("error"))
+        .count();
+    if errors != 1 {
+        out.fail(&format!("{errors} error lines, expected one"));
+    }
+}

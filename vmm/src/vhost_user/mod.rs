@@ -148,6 +148,12 @@ pub fn start(
                     device: name.to_string(),
                     why,
                 },
+                // clone(2) into new namespaces refused (user namespaces off or capped), or
+                // the id maps not writable: the same advice.
+                process::SpawnError::Sandbox(e) => Error::Sandbox {
+                    device: name.to_string(),
+                    why: e.to_string(),
+                },
                 e => Error::Device(format!("{name}: starting its process: {e}")),
             })?;
             log::debug!("{name}: device process {}", child.pid);
