@@ -57,6 +57,20 @@ pub trait Hypervisor: HypervisorArch + Send + Sync {
     fn max_vcpus(&self) -> u32;
     /// Creates an empty VM.
     fn create_vm(&self) -> Result<Arc<dyn Vm>>;
+    /// The ioctl requests berth's threads make on this backend's fds once the VM runs,
+    /// for their seccomp filters.
+    fn runtime_ioctls(&self) -> RuntimeIoctls;
+}
+
+/// The ioctl requests a VM's threads make once it runs, by kind of thread: a seccomp filter
+/// allows these and no other. A backend that makes none returns empty lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeIoctls {
+    /// A vCPU thread: running the vCPU and what its exits need (interrupt lines, MSI
+    /// routes, irqfds, ioeventfds, the registers of a shutdown report).
+    pub vcpu: Vec<u64>,
+    /// The VMM's other threads: interrupt lines, MSI routes, irqfds, ioeventfds.
+    pub vm: Vec<u64>,
 }
 
 /// A guest memory mapping handed to the hypervisor.

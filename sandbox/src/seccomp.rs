@@ -38,6 +38,8 @@ const ARCH: TargetArch = TargetArch::aarch64;
 pub enum Allow {
     Call(i64),
     CallWithArg0(i64, u64),
+    /// ioctl(2) with this request (its second argument), on any fd.
+    Ioctl(u64),
 }
 
 /// Compiles an allow-list.
@@ -45,23 +47,24 @@ pub fn filter(allowed: &[Allow], mode: Mode) -> Result<BpfProgram> {
     let err = |e: seccompiler::BackendError| Error::Seccomp(e.to_string());
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for a in allowed {
-        match *a {
+        let (nr, index, value) = match *a {
             // An empty rule list allows the call whatever its arguments; it wins over rules.
             Allow::Call(nr) => {
                 rules.insert(nr, Vec::new());
+                continue;
             }
-            Allow::CallWithArg0(nr, arg0) => {
-                let cond =
-                    SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, arg0)
-                        .map_err(err)?;
-                let rule = SeccompRule::new(vec![cond]).map_err(err)?;
-                match rules.get_mut(&nr) {
-                    Some(v) if v.is_empty() => {}
-                    Some(v) => v.push(rule),
-                    None => {
-                        rules.insert(nr, vec![rule]);
-                    }
-                }
+            Allow::CallWithArg0(nr, arg0) => (nr, 0, arg0),
+            Allow::Ioctl(request) => (libc::SYS_ioctl, 1, request),
+        };
+        // 32 bits: the kernel reads an ioctl request, and prctl's option, as an int.
+        let cond = SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+            .map_err(err)?;
+        let rule = SeccompRule::new(vec![cond]).map_err(err)?;
+        match rules.get_mut(&nr) {
+            Some(v) if v.is_empty() => {}
+            Some(v) => v.push(rule),
+            None => {
+                rules.insert(nr, vec![rule]);
             }
         }
     }

@@ -93,13 +93,13 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
 
     let lap = |stage: &str| log::debug!("{stage}: {} us after start", start.elapsed().as_micros());
     lap("arguments checked");
-    // Compiled before berth starts its first helper thread, which enters its filter.
-    crate::filters::init(args.seccomp)?;
-    devices::virtio::frontend::set_thread_start(|| crate::filters::enter(Filter::Control));
     let hv = hypervisor::open(match args.hypervisor {
         HypervisorChoice::Auto => None,
         HypervisorChoice::Kvm => Some(HypervisorKind::Kvm),
     })?;
+    // Compiled before berth starts its first helper thread, which enters its filter.
+    crate::filters::init(args.seccomp, &hv.runtime_ioctls())?;
+    devices::virtio::frontend::set_thread_start(|| crate::filters::enter(Filter::Control));
     let max = hv.max_vcpus().min(MAX_CPUS);
     if args.cpus > max {
         return Err(Error::TooManyCpus {

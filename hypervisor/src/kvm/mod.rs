@@ -2,6 +2,7 @@
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+mod requests;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 #[cfg(target_arch = "aarch64")]
@@ -85,6 +86,10 @@ impl Hypervisor for KvmHypervisor {
 
     fn max_vcpus(&self) -> u32 {
         self.kvm.get_max_vcpus() as u32
+    }
+
+    fn runtime_ioctls(&self) -> crate::RuntimeIoctls {
+        requests::runtime_ioctls()
     }
 
     fn create_vm(&self) -> Result<Arc<dyn Vm>> {

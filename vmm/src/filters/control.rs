@@ -34,9 +34,6 @@ pub const COMMON: &[Allow] = &[
 
 /// The control loop and the helper threads.
 pub const CONTROL: &[Allow] = &[
-    // The hypervisor: irqfds hooked and unhooked as the guest masks MSI-X vectors, INTx
-    // levels, ioeventfds moved with a BAR; the terminal put back (TCSETS).
-    Allow::Call(libc::SYS_ioctl),
     // vhost-user messages and the fds they carry; the watchdog shuts a hung socket down.
     Allow::Call(libc::SYS_sendmsg),
     Allow::Call(libc::SYS_recvmsg),

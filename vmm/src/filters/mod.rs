@@ -14,6 +14,7 @@ mod vcpu;
 
 use std::sync::OnceLock;
 
+use hypervisor::RuntimeIoctls;
 use sandbox::seccomp::{self, Allow, BpfProgram, Mode};
 
 use crate::cli::SeccompMode;
@@ -44,14 +45,25 @@ struct Programs {
 /// The compiled filters; `None` inside with `--seccomp off`.
 static PROGRAMS: OnceLock<Option<Programs>> = OnceLock::new();
 
+/// ioctl only with these requests: the hypervisor's (the backend says which), and TCSETS
+/// and TCGETS, which put the terminal back (glibc's tcsetattr reads the settings back to
+/// check them) at the end, or from the SIGSYS reporter on any thread.
+fn ioctls(requests: &[u64]) -> Vec<Allow> {
+    requests
+        .iter()
+        .map(|&r| Allow::Ioctl(r))
+        .chain([Allow::Ioctl(libc::TCSETS), Allow::Ioctl(libc::TCGETS)])
+        .collect()
+}
+
 fn compile(list: &[&[Allow]], mode: Mode) -> Result<BpfProgram> {
     let all: Vec<Allow> = list.iter().flat_map(|l| l.iter().copied()).collect();
     seccomp::filter(&all, mode).map_err(Error::Filter)
 }
 
 /// Compiles berth's filters for `mode` and installs the SIGSYS reporter; before any thread
-/// enters a filter.
-pub fn init(mode: SeccompMode) -> Result<()> {
+/// enters a filter. `hv` are the hypervisor backend's ioctl requests.
+pub fn init(mode: SeccompMode, hv: &RuntimeIoctls) -> Result<()> {
     let mode = match mode {
         SeccompMode::Off => {
             let _ = PROGRAMS.set(None);
@@ -61,8 +73,8 @@ pub fn init(mode: SeccompMode) -> Result<()> {
         SeccompMode::Log => Mode::Log,
     };
     let programs = Programs {
-        vcpu: compile(&[control::COMMON, vcpu::VCPU], mode)?,
-        control: compile(&[control::COMMON, control::CONTROL], mode)?,
+        vcpu: compile(&[control::COMMON, vcpu::VCPU, &ioctls(&hv.vcpu)], mode)?,
+        control: compile(&[control::COMMON, control::CONTROL, &ioctls(&hv.vm)], mode)?,
     };
     seccomp::install_reporter_with(
         "berth",
@@ -111,9 +123,13 @@ mod tests {
 
     #[test]
     fn the_filters_compile_in_both_modes() {
+        let hv = RuntimeIoctls {
+            vcpu: vec![0xae80, 0x4008_ae61],
+            vm: vec![0x4008_ae61],
+        };
         for mode in [Mode::Trap, Mode::Log] {
-            compile(&[control::COMMON, vcpu::VCPU], mode).unwrap();
-            compile(&[control::COMMON, control::CONTROL], mode).unwrap();
+            compile(&[control::COMMON, vcpu::VCPU, &ioctls(&hv.vcpu)], mode).unwrap();
+            compile(&[control::COMMON, control::CONTROL, &ioctls(&hv.vm)], mode).unwrap();
         }
     }
 
