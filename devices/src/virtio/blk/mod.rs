@@ -12,7 +12,7 @@ use virtio_bindings::virtio_blk::*;
 
 pub use image::{from_file, open_image, BlockError, DiskImage, SECTOR_SIZE};
 
-use request::{Executor, MAX_DISCARD_SEG};
+use request::{Executor, MAX_DISCARD_SEG, MAX_ZERO_SECTORS};
 
 use super::backend::{Allow, Queues, VirtioBackend};
 use super::COMMON_FEATURES;
@@ -22,7 +22,6 @@ pub const QUEUE_SIZE: u16 = 256;
 /// even without indirect descriptors.
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// Largest discard / write-zeroes range in sectors: 4 GiB - 512 (fits the 32-bit field).
-const MAX_ZERO_SECTORS: u32 = u32::MAX / SECTOR_SIZE as u32;
 /// `struct virtio_blk_config` up to `write_zeroes_may_unmap` and its padding.
 const CONFIG_LEN: usize = 60;
 

@@ -23,6 +23,11 @@ pub const MAX_DISCARD_SEG: u32 = 1;
 const HEADER_LEN: u64 = 16;
 /// A power of two, like SECTOR_SIZE, so `& (x - 1)` tests multiples (MSRV 1.85).
 const DISCARD_SEG_LEN: u64 = 16;
+/// Most sectors one discard or write-zeroes segment may cover (advertised as
+/// max_discard_sectors and max_write_zeroes_sectors, and enforced): 32 MiB, so that a request
+/// the file system cannot punch or zero costs at most 512 writes of 64 KiB before the worker
+/// serves the next. Linux splits bigger ranges into requests of this size.
+pub const MAX_ZERO_SECTORS: u32 = 65536;
 /// preadv/pwritev take at most this many iovecs per call.
 const IOV_MAX: usize = 1024;
 
@@ -49,6 +54,8 @@ pub enum RequestError {
     Unaligned(u64),
     #[error("discard/write-zeroes data length {0} is not 1..={MAX_DISCARD_SEG} segments")]
     BadSegments(u64),
+    #[error("discard/write-zeroes of {0} sectors, more than the {MAX_ZERO_SECTORS} advertised")]
+    TooManySectors(u32),
     #[error("sectors {sector}+{len} bytes are past the end of the disk")]
     OutOfRange { sector: u64, len: u64 },
     #[error("write to a read-only disk")]
@@ -66,9 +73,9 @@ pub enum RequestError {
 impl RequestError {
     fn status(&self) -> u8 {
         match self {
-            RequestError::Unsupported(_) | RequestError::UnsupportedFlags(_) => {
-                VIRTIO_BLK_S_UNSUPP as u8
-            }
+            RequestError::Unsupported(_)
+            | RequestError::UnsupportedFlags(_)
+            | RequestError::TooManySectors(_) => VIRTIO_BLK_S_UNSUPP as u8,
             _ => VIRTIO_BLK_S_IOERR as u8,
         }
     }
@@ -185,6 +192,9 @@ impl Executor {
                     let sector = u64::from_le_bytes(seg[0..8].try_into().unwrap());
                     let sectors = u32::from_le_bytes(seg[8..12].try_into().unwrap());
                     let flags = u32::from_le_bytes(seg[12..16].try_into().unwrap());
+                    if sectors > MAX_ZERO_SECTORS {
+                        return Err(RequestError::TooManySectors(sectors));
+                    }
                     let len = u64::from(sectors) * SECTOR_SIZE;
                     let off = self.range(sector, len)?;
                     self.zero(kind, off, len, flags)?;
@@ -320,11 +330,13 @@ where
     if count == 0 || last_has_next {
         return Err((RequestError::Truncated, None));
     }
-    // The status byte: the last byte of the last device-writable descriptor.
+    // The status byte: the last byte of the last device-writable descriptor. A descriptor
+    // that runs past the end of the address space has none (an unchecked add would wrap to
+    // a low address, perhaps in guest RAM).
     let status = c
         .writable
         .last()
-        .map(|s| s.addr.unchecked_add(s.len - 1))
+        .and_then(|s| s.addr.checked_add(s.len - 1))
         .filter(|a| mem.check_range(*a, 1));
     match (err, status) {
         (_, None) => Err((RequestError::NoStatus, None)),

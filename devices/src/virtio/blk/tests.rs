@@ -489,3 +489,32 @@ fn config_space_is_little_endian_and_zero_past_the_end() {
     assert_eq!(read(4096, 4), [0; 4]);
     assert_eq!(read(u32::MAX, 2), [0; 2]);
 }
+
+/// A last writable descriptor ending past u64::MAX: its "last byte" must not wrap to a low
+/// address (which could be inside guest RAM and get the status): no status is written
+/// anywhere, and nothing panics.
+#[test]
+fn status_descriptor_wrapping_the_address_space_gets_no_status() {
+    let g = Guest::new(false, None);
+    g.header(HDR, IN, 0);
+    // (u64::MAX - 0x0f) + 0x3_0011 - 1 wraps to 0x3_0000, inside guest memory.
+    const WRAPPED: u64 = 0x3_0000;
+    g.mem.write_obj(UNWRITTEN, GuestAddress(WRAPPED)).unwrap();
+    let used = g.submit(&[(HDR, 16, R), (u64::MAX - 0x0f, 0x3_0011, W)]);
+    assert_eq!(g.guest_bytes(WRAPPED, 1), [UNWRITTEN]);
+    assert_eq!(used, 0);
+}
+
+/// Discard and write-zeroes beyond the advertised per-request maximum are refused before any
+/// work: one request must not keep the worker busy zeroing a whole disk.
+#[test]
+fn discard_and_write_zeroes_past_the_advertised_maximum_are_refused() {
+    for kind in [VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES] {
+        let g = Guest::new(false, None);
+        g.header(HDR, kind, 0);
+        zero_segment(&g, 0, super::request::MAX_ZERO_SECTORS + 1, 0);
+        g.submit(&[(HDR, 16, R), (DATA, 16, R), (STATUS, 1, W)]);
+        assert_eq!(g.status(), UNSUPP, "request type {kind}");
+        assert_eq!(g.image_bytes(0, 512), image_pattern(0, 512));
+    }
+}
