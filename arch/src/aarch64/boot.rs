@@ -58,9 +58,13 @@ pub fn load_kernel(mem: &GuestMemory, mem_size: u64, src: BootSource<'_>) -> Res
     let fdt_addr = align_down(ram_end.saturating_sub(FDT_MAX_SIZE), ALIGN_2M);
 
     let (mut source, header, file_size) = image::open(src.kernel, src.kernel_name, mem_size)?;
+    // image::open bounded the header's fields and the size; the sums are checked anyway.
     let footprint = header.image_size.max(file_size);
-    let kernel_end = RAM_START + header.text_offset + footprint;
-    let need = kernel_end + RUNTIME_HEADROOM;
+    let kernel_end = RAM_START
+        .checked_add(header.text_offset)
+        .and_then(|v| v.checked_add(footprint))
+        .ok_or_else(|| Error::NotAnImage(src.kernel_name.to_string()))?;
+    let need = kernel_end.saturating_add(RUNTIME_HEADROOM);
     if need > fdt_addr {
         return Err(Error::MemoryTooSmall {
             have_mib: mem_size / MIB,
