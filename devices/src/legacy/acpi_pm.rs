@@ -3,7 +3,7 @@
 
 use vm_superio::Trigger;
 
-use crate::BusDevice;
+use crate::{log_limited, BusDevice};
 
 /// Offsets within the block (they match `arch::x86_64::acpi::PM_*`).
 pub const SLEEP_CONTROL: u64 = 0;
@@ -44,20 +44,27 @@ impl<P: Trigger + Send, R: Trigger + Send> BusDevice for AcpiPm<P, R> {
         let v = data[0];
         match offset {
             SLEEP_CONTROL if v & SLP_EN != 0 => {
-                log::debug!("ACPI: sleep control {v:#x}");
+                // The guest can write these as fast as it likes: every line is rate-limited.
+                log_limited!(log::Level::Debug, "ACPI: sleep control {v:#x}");
                 let slp_typ = (v >> SLP_TYP_SHIFT) & SLP_TYP_MASK;
                 if slp_typ == self.s5_type {
                     if let Err(e) = self.power_off.trigger() {
-                        log::error!("ACPI: signalling power-off failed: {e:?}");
+                        log_limited!(
+                            log::Level::Error,
+                            "ACPI: signalling power-off failed: {e:?}"
+                        );
                     }
                 } else {
-                    log::info!("ACPI: the guest asked for sleep type {slp_typ}, which berth does not offer");
+                    log_limited!(
+                        log::Level::Info,
+                        "ACPI: the guest asked for sleep type {slp_typ}, which berth does not offer"
+                    );
                 }
             }
             RESET if v == self.reset_value => {
-                log::debug!("ACPI: reset register written");
+                log_limited!(log::Level::Debug, "ACPI: reset register written");
                 if let Err(e) = self.reset.trigger() {
-                    log::error!("ACPI: signalling reset failed: {e:?}");
+                    log_limited!(log::Level::Error, "ACPI: signalling reset failed: {e:?}");
                 }
             }
             SLEEP_CONTROL | SLEEP_STATUS | RESET => {}

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::BusDevice;
+use crate::{log_limited, BusDevice};
 
 /// The value that marks "the guest reached the point being measured".
 pub const MAGIC: u8 = 123;
@@ -34,7 +34,13 @@ impl BusDevice for BootTimer {
         if offset == 0 && data.first() == Some(&MAGIC) {
             let t = self.start.elapsed();
             self.last = Some(t);
-            log::info!("guest boot time: {} us since berth start", t.as_micros());
+            // A guest may write the marker in a loop: rate-limited (the first ten in any five
+            // seconds show).
+            log_limited!(
+                log::Level::Info,
+                "guest boot time: {} us since berth start",
+                t.as_micros()
+            );
         }
     }
 }

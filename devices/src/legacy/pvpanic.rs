@@ -4,7 +4,7 @@
 
 use vm_superio::Trigger;
 
-use crate::BusDevice;
+use crate::{log_limited, BusDevice};
 
 /// The guest panicked.
 pub const PVPANIC_PANICKED: u8 = 1 << 0;
@@ -31,10 +31,17 @@ impl<T: Trigger + Send> BusDevice for PvPanic<T> {
         let v = data[0];
         if v & PVPANIC_PANICKED != 0 {
             if let Err(e) = self.crashed.trigger() {
-                log::error!("pvpanic: signalling the crash failed: {e:?}");
+                log_limited!(
+                    log::Level::Error,
+                    "pvpanic: signalling the crash failed: {e:?}"
+                );
             }
         } else if v & PVPANIC_CRASH_LOADED != 0 {
-            log::info!("pvpanic: the guest is handing over to its crash kernel");
+            // A guest may write this in a loop: rate-limited.
+            log_limited!(
+                log::Level::Info,
+                "pvpanic: the guest is handing over to its crash kernel"
+            );
         }
     }
 }
