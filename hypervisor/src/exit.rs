@@ -18,8 +18,9 @@ pub enum VcpuExit<'a> {
     Shutdown,
     /// Another thread kicked the vCPU (signal); check for requests and run again.
     Interrupted,
-    /// The hypervisor could not run the guest any further (`code` is backend-specific).
-    InternalError { code: u32 },
+    /// The hypervisor could not run the guest any further: `code` is the backend's reason
+    /// (KVM's suberror), `what` says what it means.
+    InternalError { code: u32, what: &'static str },
     /// The hypervisor refused to enter the guest (`reason` is backend-specific).
     FailEntry { reason: u64 },
     /// An exit the VMM does not handle (`what` names it, backend-specific).

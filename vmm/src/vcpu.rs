@@ -99,12 +99,10 @@ fn handle_exit(cpu: u32, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Option<VmEven
         VcpuExit::Halt | VcpuExit::Interrupted => {}
         VcpuExit::System(ev) => return Some(VmEvent::System(ev)),
         VcpuExit::Shutdown => return Some(VmEvent::System(SystemEvent::Reset)),
-        VcpuExit::InternalError { code } => {
+        VcpuExit::InternalError { code, what } => {
             return Some(VmEvent::VcpuFailed {
                 cpu,
-                what: format!(
-                    "the hypervisor could not emulate an instruction (internal error {code})"
-                ),
+                what: format!("the hypervisor stopped the guest: {what} (internal error {code})"),
             })
         }
         VcpuExit::FailEntry { reason } => {

@@ -263,6 +263,8 @@ impl Vcpu for KvmVcpu {
     }
 
     fn run(&mut self) -> Result<VcpuExit<'_>> {
+        // For an internal error: its suberror is in kvm_run, which `run`'s borrow holds.
+        let run_area: *const kvm_bindings::kvm_run = self.fd.get_kvm_run();
         match self.fd.run() {
             Ok(exit) => Ok(match exit {
                 KvmExit::IoIn(port, data) => VcpuExit::IoIn { port, data },
@@ -281,7 +283,11 @@ impl Vcpu for KvmVcpu {
                     },
                 },
                 KvmExit::Intr => VcpuExit::Interrupted,
-                KvmExit::InternalError => VcpuExit::InternalError { code: 0 },
+                KvmExit::InternalError => {
+                    // SAFETY: the kvm_run mapping lives as long as the vCPU fd; KVM filled
+                    // it before KVM_RUN returned and nothing writes it until the next run.
+                    internal_error(unsafe { &*run_area })
+                }
                 KvmExit::FailEntry(reason, _cpu) => VcpuExit::FailEntry { reason },
                 other => VcpuExit::Unhandled {
                     what: format!("KVM exit {other:?}"),
@@ -292,5 +298,46 @@ impl Vcpu for KvmVcpu {
             }
             Err(e) => Err(Error::ioctl("KVM_RUN", e)),
         }
+    }
+}
+
+/// What a KVM internal error exit says: its suberror and what that means.
+fn internal_error(run: &kvm_bindings::kvm_run) -> VcpuExit<'static> {
+    // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the union's
+    // member KVM wrote; it is plain integers.
+    let code = unsafe { run.__bindgen_anon_1.internal.suberror };
+    let what = match code {
+        kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => "it could not emulate an instruction",
+        kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => "an exception arrived while delivering one",
+        kvm_bindings::KVM_INTERNAL_ERROR_DELIVERY_EV => {
+            "an exit came while it delivered an event to the guest"
+        }
+        kvm_bindings::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON => {
+            "the processor exited for a reason it does not handle"
+        }
+        _ => "an internal error of an unknown kind",
+    };
+    VcpuExit::InternalError { code, what }
+}
+
+#[cfg(test)]
+mod internal_error_tests {
+    use super::*;
+
+    /// The suberror KVM reports reaches the exit, not a fixed 0.
+    #[test]
+    fn the_suberror_is_reported() {
+        // SAFETY: kvm_run is plain data; all zeroes is a valid value.
+        let mut run: kvm_bindings::kvm_run = unsafe { std::mem::zeroed() };
+        run.__bindgen_anon_1.internal.suberror = kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX;
+        assert!(matches!(
+            internal_error(&run),
+            VcpuExit::InternalError { code: 2, what } if what.contains("exception")
+        ));
+        run.__bindgen_anon_1.internal.suberror = 77;
+        assert!(matches!(
+            internal_error(&run),
+            VcpuExit::InternalError { code: 77, .. }
+        ));
     }
 }
