@@ -6,6 +6,7 @@ mod device_cmd;
 mod error;
 mod events;
 mod filters;
+mod guest_output;
 mod memory;
 mod pci;
 mod platform;

@@ -17,7 +17,7 @@ use crate::events::{Outcome, VmEvent};
 use crate::filters::Filter;
 use crate::platform::{GuestFiles, MAX_CPUS, MIN_MEMORY};
 use crate::vhost_user::{self, Backend, Placement};
-use crate::{console, memory, pci, platform, vcpu};
+use crate::{console, guest_output, memory, pci, platform, vcpu};
 
 /// How long the control loop waits for vCPU threads to leave the guest before giving up.
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -100,6 +100,15 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
     // Compiled before berth starts its first helper thread, which enters its filter.
     crate::filters::init(args.seccomp, &hv.runtime_ioctls())?;
     devices::virtio::frontend::set_thread_start(|| crate::filters::enter(Filter::Control));
+    // The UART writes into a bounded buffer that a thread of its own empties.
+    let (serial_out, serial_drain): (Box<dyn std::io::Write + Send>, _) = match serial_dest {
+        SerialDest::None => (serial_out, None),
+        _ => {
+            let (w, d) = guest_output::start(serial_out, guest_output::CAPACITY)
+                .map_err(|e| Error::Device(format!("console output thread: {e}")))?;
+            (Box::new(w), Some(d))
+        }
+    };
     let max = hv.max_vcpus().min(MAX_CPUS);
     if args.cpus > max {
         return Err(Error::TooManyCpus {
@@ -304,6 +313,10 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
         } else {
             log::warn!("a vCPU thread did not stop within {STOP_TIMEOUT:?}");
         }
+    }
+    // The guest's last words (a panic, "reboot: Power down") are out before berth is.
+    if let Some(d) = serial_drain {
+        d.finish(Duration::from_secs(1));
     }
     drop(terminal);
     result
