@@ -14,8 +14,8 @@ use devices::log_limited;
 
 /// Output held for a reader that does not keep up.
 pub const CAPACITY: usize = 1 << 20;
-/// Most bytes written out at once.
-const CHUNK: usize = 64 << 10;
+/// Most bytes written out at once: small, so that a slow reader still shows progress often.
+const CHUNK: usize = 4096;
 
 struct State {
     buf: VecDeque<u8>,
@@ -24,6 +24,8 @@ struct State {
     dropped: u64,
     /// No more output: the drain writes what is left and ends.
     closed: bool,
+    /// Chunks written so far: [`Drain::finish`] waits while this moves.
+    written: u64,
 }
 
 type Shared = Arc<(Mutex<State>, Condvar)>;
@@ -48,6 +50,7 @@ pub fn start(out: Box<dyn Write + Send>, capacity: usize) -> io::Result<(GuestOu
             capacity,
             dropped: 0,
             closed: false,
+            written: 0,
         }),
         Condvar::new(),
     ));
@@ -107,7 +110,7 @@ fn drain(shared: &Shared, mut out: Box<dyn Write + Send>) {
             continue;
         }
         match out.write_all(&chunk).and_then(|()| out.flush()) {
-            Ok(()) => {}
+            Ok(()) => devices::bus::lock(m).written += 1,
             // The reader went away: the rest of the output is discarded, without complaint.
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => gone = true,
             Err(e) => log_limited!(log::Level::Warn, "console output: {e}"),
@@ -116,15 +119,26 @@ fn drain(shared: &Shared, mut out: Box<dyn Write + Send>) {
 }
 
 impl Drain {
-    /// Writes what is buffered and ends the thread, waiting at most `timeout` (a stuck reader
-    /// must not keep berth from exiting).
-    pub fn finish(self, timeout: Duration) {
+    /// Writes what is buffered and ends the thread. It waits as long as the reader takes
+    /// output (a slow one, e.g. a serial line, still gets the guest's last words), and gives
+    /// up once it has taken nothing for `stall` (a stuck reader must not keep berth from
+    /// exiting).
+    pub fn finish(self, stall: Duration) {
         let (m, cv) = &*self.shared;
-        devices::bus::lock(m).closed = true;
+        let mut seen = {
+            let mut st = devices::bus::lock(m);
+            st.closed = true;
+            st.written
+        };
         cv.notify_all();
-        let deadline = Instant::now() + timeout;
+        let mut deadline = Instant::now() + stall;
         while !self.thread.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
+            let now = devices::bus::lock(m).written;
+            if now != seen {
+                seen = now;
+                deadline = Instant::now() + stall;
+            }
         }
         if self.thread.is_finished() {
             let _ = self.thread.join();
@@ -165,7 +179,7 @@ mod tests {
         drain.finish(Duration::from_secs(5));
         let got = String::from_utf8(got.lock().unwrap().clone()).unwrap();
         assert!(got.ends_with("line 9999\n"), "{:?}", &got[got.len() - 40..]);
-        assert!(got.len() < 4096 + CHUNK, "{} bytes kept", got.len());
+        assert!(got.len() <= 4096 + CHUNK, "{} bytes kept", got.len());
     }
 
     #[test]
@@ -188,6 +202,31 @@ mod tests {
         }
         drain.finish(Duration::from_secs(5));
         assert_eq!(*got.lock().unwrap(), want);
+    }
+
+    /// A slow reader (a serial line) gets everything at the end, however long that takes,
+    /// as long as it keeps reading.
+    #[test]
+    fn a_slow_reader_gets_everything_at_the_end() {
+        struct Slow(Arc<Mutex<Vec<u8>>>);
+        impl Write for Slow {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                std::thread::sleep(Duration::from_millis(20));
+                let n = b.len().min(512);
+                self.0.lock().unwrap().extend_from_slice(&b[..n]);
+                Ok(n)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let (mut w, drain) = start(Box::new(Slow(got.clone())), CAPACITY).unwrap();
+        let want = vec![b'x'; 64 << 10];
+        w.write_all(&want).unwrap();
+        // 128 writes of 20 ms: about 2.6 s, longer than the stall allowance of 0.5 s.
+        drain.finish(Duration::from_millis(500));
+        assert_eq!(got.lock().unwrap().len(), want.len());
     }
 
     #[test]

@@ -314,9 +314,10 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
             log::warn!("a vCPU thread did not stop within {STOP_TIMEOUT:?}");
         }
     }
-    // The guest's last words (a panic, "reboot: Power down") are out before berth is.
+    // The guest's last words (a panic, "reboot: Power down") are out before berth is, as long
+    // as the reader keeps taking them.
     if let Some(d) = serial_drain {
-        d.finish(Duration::from_secs(1));
+        d.finish(Duration::from_secs(2));
     }
     drop(terminal);
     result
