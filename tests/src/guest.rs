@@ -700,6 +700,16 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// What the [`GuestRun::host_script`] printed; fails the test if it left nothing.
+    #[track_caller]
+    pub fn host_script_output(&self) -> String {
+        let bytes = self
+            .files
+            .get(HOST_SCRIPT_OUT)
+            .unwrap_or_else(|| self.fail("the host script left no output"));
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+
     /// Panics with `msg` followed by the whole report.
     #[track_caller]
     pub fn fail(&self, msg: &str) -> ! {

@@ -2,15 +2,7 @@
 //! host that lists berth's and each device process's namespaces, threads and fds, and the
 //! checks on what it printed (used by the x86_64 and aarch64 sandbox tests).
 
-use crate::{Outcome, HOST_SCRIPT_OUT};
-
-pub fn host_out(out: &Outcome) -> String {
-    let bytes = out
-        .files
-        .get(HOST_SCRIPT_OUT)
-        .unwrap_or_else(|| out.fail("the host script left no output"));
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use crate::Outcome;
 
 /// For berth and each of its device processes: "proc NAME PID uid=U ns:mnt=.. ns:pid=..",
 /// one "thread PID TID Seccomp=S NoNewPrivs=N CapEff=C" per thread, "fd PID N -> TARGET" per

@@ -3,9 +3,7 @@
 //! disk, and exits 0 when the guest powers off or resets through PSCI. On an x86_64 machine
 //! this runs in the emulated aarch64 host (QEMU TCG, virtualization=on).
 
-use berth_tests::jail::{
-    check_berth_filtered, check_jails, check_no_call_logged, host_out, INSPECT,
-};
+use berth_tests::jail::{check_berth_filtered, check_jails, check_no_call_logged, INSPECT};
 use berth_tests::{assets, Arch, GuestRun, Kernel, Outcome};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -122,7 +120,7 @@ done
         .assert_console_lacks("STILL-RUNNING")
         .assert_log_contains("device virtio-blk0 failed")
         .assert_log_contains("SIGKILL");
-    let text = String::from_utf8_lossy(&out.files[berth_tests::HOST_SCRIPT_OUT]).into_owned();
+    let text = out.host_script_output();
     if !text.contains("killed: ") {
         out.fail(&format!("the host script found no device process:\n{text}"));
     }
@@ -163,7 +161,7 @@ poweroff -f
     out.assert_success()
         .assert_console_contains("disk: berth-aarch64-disk")
         .assert_console_contains("rng: 16");
-    let text = host_out(&out);
+    let text = out.host_script_output();
     eprintln!("{text}");
     let n = check_jails(&out, &text, "65534");
     if n != 2 {

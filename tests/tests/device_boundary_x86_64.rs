@@ -7,7 +7,7 @@
 #![cfg(target_arch = "x86_64")]
 
 use berth_tests::ext4::{self, Ext4Image};
-use berth_tests::{GuestRun, Kernel, Outcome, HOST_SCRIPT_OUT};
+use berth_tests::{GuestRun, Kernel, Outcome};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -32,14 +32,6 @@ fn scratch_dir(test: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn host_out(out: &Outcome) -> String {
-    let bytes = out
-        .files
-        .get(HOST_SCRIPT_OUT)
-        .unwrap_or_else(|| out.fail("the host script left no output"));
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn host_value<'a>(out: &Outcome, text: &'a str, key: &str) -> &'a str {
@@ -76,7 +68,7 @@ fn each_virtio_device_is_a_child_process_of_berth() {
     };
     let _ = std::fs::remove_dir_all(&dir);
     out.assert_success().assert_console_contains("DEVICES-UP");
-    let text = host_out(&out);
+    let text = out.host_script_output();
     let children: Vec<&str> = text.lines().filter(|l| l.starts_with("child: ")).collect();
     for (name, kind) in [
         ("virtio-blk0", "blk"),
@@ -143,7 +135,7 @@ echo STILL-RUNNING
         .assert_log_contains("device virtio-blk0 failed")
         .assert_log_contains("SIGKILL")
         .assert_log_contains("the guest was stopped");
-    let text = host_out(&out);
+    let text = out.host_script_output();
     let gone: f64 = host_value(&out, &text, "berth-gone-after:")
         .parse()
         .unwrap_or(f64::MAX);
@@ -181,7 +173,7 @@ fn kill_9_of_berth_leaves_no_device_process() {
         return;
     };
     out.assert_status(128 + 9);
-    let text = host_out(&out);
+    let text = out.host_script_output();
     if host_value(&out, &text, "devices:") != "1" {
         out.fail(&format!(
             "expected one device process before the kill:\n{text}"

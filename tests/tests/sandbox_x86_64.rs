@@ -8,9 +8,7 @@
 #![cfg(target_arch = "x86_64")]
 
 use berth_tests::ext4::{self, Ext4Image};
-use berth_tests::jail::{
-    check_berth_filtered, check_jails, check_no_call_logged, host_out, procs, INSPECT,
-};
+use berth_tests::jail::{check_berth_filtered, check_jails, check_no_call_logged, procs, INSPECT};
 use berth_tests::{GuestRun, Kernel};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -59,7 +57,7 @@ poweroff -f
     out.assert_success()
         .assert_console_contains("disk: jailed disk")
         .assert_console_contains("rng: 16");
-    let text = host_out(&out);
+    let text = out.host_script_output();
     eprintln!("{text}");
     // As root, the devices run as nobody.
     let n = check_jails(&out, &text, "65534");
@@ -148,7 +146,7 @@ poweroff -f
     };
     out.assert_success()
         .assert_console_contains("disk: user disk");
-    let text = host_out(&out);
+    let text = out.host_script_output();
     if procs(&text)
         .iter()
         .find(|p| p.name == "berth")
@@ -219,7 +217,7 @@ echo checked
         .assert_log_contains(
             "system call 110 (getppid) by a thread under the control filter is outside that filter",
         );
-    let text = host_out(&out);
+    let text = out.host_script_output();
     if text.contains("left: ") || !text.contains("checked") {
         out.fail(&format!("device processes outlived berth:\n{text}"));
     }
