@@ -12,7 +12,7 @@
 #   e2e-x86_64    the x86_64 emulated host only (scripts/boot-shell.sh, bench/boot.sh)
 #   e2e-aarch64   the aarch64 emulated host only (scripts/aarch64-host-assets.sh)
 #   build         the C linker and libc headers Rust links with (gcc, libc6-dev)
-#   unit          what unit tests call: e2fsprogs (mkfs.ext4 -d, fsck, debugfs), acpica-tools (iasl)
+#   unit          what unit tests call: e2fsprogs (mkfs.ext4 -d, fsck, debugfs), acpica-tools (iasl), device-tree-compiler (dtc: the device tree is built and checked on every host)
 #   assets        what scripts/guest-assets.sh calls: cpio gzip file kmod lz4
 #   cross         Debian's Rust and the aarch64 cross linker (scripts/build-aarch64.sh)
 #   cross-linker  the aarch64 cross linker and libc alone (with a rustup aarch64 target)
@@ -47,7 +47,7 @@ group() {
     e2e-x86_64) echo qemu-system-x86 cpio kmod file lz4 gzip ;;
     e2e-aarch64) echo qemu-system-arm cpio kmod file gzip ;;
     build) echo gcc libc6-dev ;;
-    unit) echo e2fsprogs acpica-tools ;;
+    unit) echo e2fsprogs acpica-tools device-tree-compiler ;;
     assets) echo cpio gzip file kmod lz4 ;;
     cross) cross_packages; group cross-linker ;;
     cross-linker) echo gcc-aarch64-linux-gnu libc6-dev-arm64-cross ;;

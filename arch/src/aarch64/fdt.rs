@@ -51,6 +51,22 @@ pub fn uart_node_name() -> String {
 
 /// Builds the flattened device tree blob.
 pub fn create_fdt(cfg: &FdtConfig<'_>) -> Result<Vec<u8>> {
+    // CPU nodes are named by MPIDR: two alike would make a tree the kernel rejects.
+    let mut ids = cfg.mpidrs.to_vec();
+    ids.sort_unstable();
+    if ids.windows(2).any(|w| w[0] == w[1]) {
+        return Err(Error::Fdt("two vCPUs report the same MPIDR".into()));
+    }
+    // The loader placed the initrd in RAM; anything else is a caller's bug, refused rather
+    // than written as a range that wraps (found by the `fdt` fuzz target).
+    if let Some((start, size)) = cfg.initrd {
+        let ram_end = RAM_START.saturating_add(cfg.mem_size);
+        if start < RAM_START || start.checked_add(size).is_none_or(|end| end > ram_end) {
+            return Err(Error::Fdt(format!(
+                "the initrd at {start:#x} (+{size:#x}) is not inside guest RAM"
+            )));
+        }
+    }
     build(cfg).map_err(|e| Error::Fdt(e.to_string()))
 }
 
