@@ -333,11 +333,19 @@ where
     // The status byte: the last byte of the last device-writable descriptor. A descriptor
     // that runs past the end of the address space has none (an unchecked add would wrap to
     // a low address, perhaps in guest RAM).
+    #[cfg(not(berth_planted_bug))]
     let status = c
         .writable
         .last()
         .and_then(|s| s.addr.checked_add(s.len - 1))
         .filter(|a| mem.check_range(*a, 1));
+    // The bug this code once had, put back only to show the fuzzer finds it
+    // (scripts/fuzz.sh planted; docs/security.md). Never built otherwise.
+    #[cfg(berth_planted_bug)]
+    let status = c
+        .writable
+        .last()
+        .map(|s| GuestAddress(s.addr.0 + (s.len - 1)));
     match (err, status) {
         (_, None) => Err((RequestError::NoStatus, None)),
         (Some(e), status) => Err((e, status)),
