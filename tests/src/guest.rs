@@ -770,6 +770,15 @@ impl Outcome {
         self
     }
 
+    /// Asserts berth's log does not contain `needle`.
+    #[track_caller]
+    pub fn assert_log_lacks(&self, needle: &str) -> &Self {
+        if self.berth_log.contains(needle) {
+            self.fail(&format!("berth's log contains {needle:?}"));
+        }
+        self
+    }
+
     /// Asserts the guest init ran the test script to its end with status `code`.
     #[track_caller]
     pub fn assert_test_exit(&self, code: i32) -> &Self {

@@ -63,6 +63,7 @@ pub fn run(args: DeviceArgs) -> Result<()> {
                 mode: args.seccomp,
                 test_forbidden_call: std::env::var("BERTH_TEST_DEVICE_FORBIDDEN_CALL")
                     .is_ok_and(|d| d == name),
+                test_panic: std::env::var("BERTH_TEST_DEVICE_PANIC").is_ok_and(|d| d == name),
             };
             // Before anything untrusted: the guest's first request comes after SET_MEM_TABLE.
             let keep = keep_fds(&backend, &listener, fd);
@@ -103,6 +104,9 @@ struct Jail {
     /// into serving, the device makes a call outside its policy, as a compromised device
     /// would. No guest action can do this.
     test_forbidden_call: bool,
+    /// A test trigger (`BERTH_TEST_DEVICE_PANIC=<device name>`): the device's queue worker
+    /// panics on its first kick, as a bug in a device would.
+    test_panic: bool,
 }
 
 /// The test trigger's call (getppid: harmless, and in no device's policy).
@@ -134,6 +138,10 @@ impl ServeHooks for Jail {
                 );
                 libc::alarm(3);
             }
+        }
+        if self.test_panic {
+            devices::virtio::backend::TEST_PANIC_ON_KICK
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         sandbox::seccomp::apply_all_threads(&prog).map_err(|e| e.to_string())
     }

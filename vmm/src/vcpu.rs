@@ -32,7 +32,15 @@ pub fn run(mut vcpu: Box<dyn Vcpu>, ctx: VcpuContext, kicker_tx: Sender<(u32, Ki
         );
     }
     crate::filters::enter(crate::filters::Filter::Vcpu);
+    let panic_at = if id == 0 {
+        crate::vm::test_panic_at("vcpu")
+    } else {
+        None
+    };
     while !ctx.stop.load(Ordering::Acquire) {
+        if panic_at.is_some_and(|t| Instant::now() >= t) {
+            panic!("test trigger: vCPU 0 panics");
+        }
         let event = match vcpu.run() {
             Ok(VcpuExit::Shutdown) => {
                 crate::platform::log_shutdown(&*vcpu);

@@ -270,6 +270,10 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
         .and_then(|v| v.strip_prefix("berth@")?.parse::<u64>().ok())
         .map(|s| Instant::now() + Duration::from_secs(s));
 
+    // A test trigger (BERTH_TEST_PANIC=control@SECONDS): the control loop panics, as a bug
+    // in berth would (the vCPU's twin is in vcpu.rs).
+    let panic_at = test_panic_at("control");
+
     let result = loop {
         match events_rx.recv_timeout(Duration::from_millis(100)) {
             Ok(VmEvent::System(SystemEvent::PowerOff)) => break Ok(Outcome::PowerOff),
@@ -281,6 +285,9 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
                 break Ok(Outcome::DeviceFailed { device, what })
             }
             Err(RecvTimeoutError::Timeout) => {
+                if panic_at.is_some_and(|t| Instant::now() >= t) {
+                    panic!("test trigger: the control loop panics");
+                }
                 if forbidden_call_at.is_some_and(|t| Instant::now() >= t) {
                     // SAFETY: a system call without arguments.
                     unsafe { libc::syscall(libc::SYS_getppid) };
@@ -321,4 +328,18 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
     }
     drop(terminal);
     result
+}
+
+/// When the test trigger `BERTH_TEST_PANIC=<place>@SECONDS` asks `place` ("control",
+/// "vcpu") to panic: that long from now. No guest action can set it.
+pub fn test_panic_at(place: &str) -> Option<Instant> {
+    std::env::var("BERTH_TEST_PANIC")
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix(place)?
+                .strip_prefix('@')?
+                .parse::<u64>()
+                .ok()
+        })
+        .map(|s| Instant::now() + Duration::from_secs(s))
 }

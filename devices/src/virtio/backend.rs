@@ -121,6 +121,11 @@ pub const FRAMEWORK_SYSCALLS: &[Allow] = &[
     Allow::Call(libc::SYS_clock_gettime),
 ];
 
+/// A test trigger the VMM sets (`BERTH_TEST_DEVICE_PANIC`): the queue worker panics on its
+/// first kick, as a bug in a device would. No guest action can set it.
+pub static TEST_PANIC_ON_KICK: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// Where a jail takes its next steps while a backend starts.
 pub trait ServeHooks {
     /// Before the backend's threads start; the process will have `threads` in all.
@@ -304,6 +309,9 @@ impl<D: VirtioBackend> VhostUserBackend for Backend<D> {
     ) -> io::Result<()> {
         let token = u64::from(device_event);
         let queue = usize::from(device_event) < vrings.len();
+        if queue && TEST_PANIC_ON_KICK.load(std::sync::atomic::Ordering::Relaxed) {
+            panic!("test trigger: the device worker panics");
+        }
         // A device's own fd may also report HANG_UP or ERROR (a pipe whose writer went away):
         // the device's read then finds the end of file and stops watching it.
         if queue && !evset.contains(EventSet::IN) {
