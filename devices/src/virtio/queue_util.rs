@@ -60,6 +60,8 @@ where
                 }
             };
             let Some(chain) = chain else { break false };
+            #[cfg(berth_record_chains)]
+            record::chain(mem, index, &chain);
             let head = chain.head_index();
             let Some(len) = handle(chain) else {
                 queue.go_to_previous_position();
@@ -101,6 +103,80 @@ where
     // Unsure whether the driver wants it: a spurious interrupt is harmless.
     let notify = added && queue.needs_notification(mem).unwrap_or(true);
     (served, notify)
+}
+
+/// Recording real traffic as seeds for the virtqueue fuzz targets (fuzz/src/queue.rs gives
+/// the format): built only with `--cfg berth_record_chains` (scripts/record-chains.sh), it
+/// writes the first chains each device thread sees to `$BERTH_RECORD_CHAINS/`, their
+/// descriptors and buffers moved into the fuzz targets' 64 KiB of guest memory.
+#[cfg(berth_record_chains)]
+mod record {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::{Chain, GuestMemory};
+
+    const MEM: usize = 0x1_0000;
+    const MAX_DESCS: usize = 64;
+    const DESC: usize = 0;
+    const AVAIL: usize = 0x400;
+    const USED: usize = 0x500;
+    const DATA: usize = 0x800;
+    const PER_DEVICE: usize = 64;
+
+    static SEEN: AtomicUsize = AtomicUsize::new(0);
+
+    pub fn chain(mem: &GuestMemory, index: u16, chain: &Chain<'_>) {
+        let Some(dir) = std::env::var_os("BERTH_RECORD_CHAINS") else {
+            return;
+        };
+        let n = SEEN.fetch_add(1, Ordering::Relaxed);
+        if n >= PER_DEVICE * 8 {
+            return;
+        }
+        let mut image = vec![0u8; MEM];
+        let mut at = DATA;
+        let mut count = 0u16;
+        for d in chain.clone().take(MAX_DESCS) {
+            let len = (d.len() as usize).min(MEM - at);
+            if !d.is_write_only() {
+                let mut buf = vec![0u8; len];
+                let _ = mem.read_slice(&mut buf, GuestAddress(d.addr().0));
+                image[at..at + len].copy_from_slice(&buf);
+            }
+            let e = DESC + 16 * usize::from(count);
+            image[e..e + 8].copy_from_slice(&(at as u64).to_le_bytes());
+            image[e + 8..e + 12].copy_from_slice(&(len as u32).to_le_bytes());
+            let flags: u16 = if d.is_write_only() { 2 } else { 0 };
+            image[e + 12..e + 14].copy_from_slice(&(flags | 1).to_le_bytes());
+            image[e + 14..e + 16].copy_from_slice(&(count + 1).to_le_bytes());
+            at += len;
+            count += 1;
+        }
+        if count == 0 {
+            return;
+        }
+        // The last descriptor ends the chain.
+        let e = DESC + 16 * usize::from(count - 1);
+        image[e + 12] &= !1;
+        image[e + 14..e + 16].copy_from_slice(&0u16.to_le_bytes());
+        image[AVAIL + 2..AVAIL + 4].copy_from_slice(&1u16.to_le_bytes());
+        // Header: queue size 64 (2^6), flags (bit 1: the queue), the ring offsets, options.
+        let mut out = vec![6, ((index & 1) as u8) << 1];
+        for off in [DESC, AVAIL, USED] {
+            out.extend_from_slice(&(off as u16).to_le_bytes());
+        }
+        out.extend_from_slice(&[0, 0, 0, 0]);
+        // Trailing zeros add nothing for the fuzzer.
+        let end = image.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+        out.extend_from_slice(&image[..end]);
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("device").replace('/', "_");
+        let path = std::path::Path::new(&dir)
+            .join(format!("{}-{name}-q{index}-{n:04}", std::process::id()));
+        let _ = std::fs::write(path, out);
+    }
 }
 
 /// Whether a queue of `size` entries with its rings at these guest addresses lies inside
