@@ -167,3 +167,21 @@ pub fn check_no_call_logged(out: &Outcome) {
         ));
     }
 }
+
+/// A host script: once berth ($BERTH_PID) is gone, lists any device process still alive
+/// ("left: PID"), then says "checked". [`check_no_device_left`] reads its output.
+pub const NO_DEVICE_LEFT: &str = r#"while kill -0 $BERTH_PID 2>/dev/null; do sleep 0.2; done
+sleep 1
+for d in /proc/[0-9]*; do
+  tr '\0' ' ' <$d/cmdline 2>/dev/null | grep -q -- '[-]-jail-report-fd' && echo "left: ${d#/proc/}"
+done
+echo checked
+"#;
+
+/// Fails `out` if [`NO_DEVICE_LEFT`] found a device process that outlived berth.
+pub fn check_no_device_left(out: &Outcome) {
+    let text = out.host_script_output();
+    if text.contains("left: ") || !text.contains("checked") {
+        out.fail(&format!("device processes outlived berth:\n{text}"));
+    }
+}

@@ -8,18 +8,10 @@
 
 use std::time::Duration;
 
+use berth_tests::jail::{check_no_device_left, NO_DEVICE_LEFT};
 use berth_tests::{GuestRun, Kernel, Outcome};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
-
-/// After berth is gone, no process of its device jails is left.
-const NO_DEVICE_LEFT: &str = r#"while kill -0 $BERTH_PID 2>/dev/null; do sleep 0.2; done
-sleep 1
-for d in /proc/[0-9]*; do
-  tr '\0' ' ' <$d/cmdline 2>/dev/null | grep -q -- '[-]-jail-report-fd' && echo "left: ${d#/proc/}"
-done
-echo checked
-"#;
 
 fn run_with(env: (&str, &str)) -> Option<Outcome> {
     GuestRun::new(Kernel::BzImage)
@@ -32,13 +24,6 @@ fn run_with(env: (&str, &str)) -> Option<Outcome> {
         .run()
 }
 
-fn assert_no_device_left(out: &Outcome) {
-    let text = out.host_script_output();
-    if text.contains("left: ") || !text.contains("checked") {
-        out.fail(&format!("device processes outlived berth:\n{text}"));
-    }
-}
-
 #[test]
 fn a_panic_in_the_control_loop_ends_berth_with_one_line_and_status_70() {
     let Some(out) = run_with(("BERTH_TEST_PANIC", "control@40")) else {
@@ -49,7 +34,7 @@ fn a_panic_in_the_control_loop_ends_berth_with_one_line_and_status_70() {
         .assert_log_contains("berth: internal error at vmm/src/vm.rs")
         .assert_log_contains("test trigger: the control loop panics (please report this bug)")
         .assert_log_lacks("stack backtrace");
-    assert_no_device_left(&out);
+    check_no_device_left(&out);
 }
 
 #[test]
@@ -61,7 +46,7 @@ fn a_panic_in_a_vcpu_thread_ends_berth_with_one_line_and_status_70() {
         .assert_console_lacks("STILL-RUNNING")
         .assert_log_contains("test trigger: vCPU 0 panics (please report this bug)")
         .assert_log_lacks("stack backtrace");
-    assert_no_device_left(&out);
+    check_no_device_left(&out);
 }
 
 /// The worker panics on the queue's first kick, which comes as the driver starts the device:

@@ -8,7 +8,10 @@
 #![cfg(target_arch = "x86_64")]
 
 use berth_tests::ext4::{self, Ext4Image};
-use berth_tests::jail::{check_berth_filtered, check_jails, check_no_call_logged, procs, INSPECT};
+use berth_tests::jail::{
+    check_berth_filtered, check_jails, check_no_call_logged, check_no_device_left, procs, INSPECT,
+    NO_DEVICE_LEFT,
+};
 use berth_tests::{GuestRun, Kernel};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -194,19 +197,12 @@ fn a_call_outside_the_policy_stops_the_device_and_is_named() {
 /// guest is up: the host script looks for device processes after berth is gone.)
 #[test]
 fn a_call_outside_berths_own_filter_stops_berth_and_is_named() {
-    let host = r#"while kill -0 $BERTH_PID 2>/dev/null; do sleep 0.2; done
-sleep 1
-for d in /proc/[0-9]*; do
-  tr '\0' ' ' <$d/cmdline 2>/dev/null | grep -q -- '[-]-jail-report-fd' && echo "left: ${d#/proc/}"
-done
-echo checked
-"#;
     let Some(out) = GuestRun::new(Kernel::BzImage)
         .env("BERTH_TEST_FORBIDDEN_CALL", "berth@40")
         .args(["--memory", "256", "--rng"])
         .modules(["virtio_pci", "virtio-rng"])
         .script("echo UP\nsleep 90\necho STILL-RUNNING\n")
-        .host_script("UP", host)
+        .host_script("UP", NO_DEVICE_LEFT)
         .timeout(TIMEOUT)
         .run()
     else {
@@ -217,10 +213,7 @@ echo checked
         .assert_log_contains(
             "system call 110 (getppid) by a thread under the control filter is outside that filter",
         );
-    let text = out.host_script_output();
-    if text.contains("left: ") || !text.contains("checked") {
-        out.fail(&format!("device processes outlived berth:\n{text}"));
-    }
+    check_no_device_left(&out);
 }
 
 /// Where user namespaces are off, berth never runs a device unjailed: one line names the
