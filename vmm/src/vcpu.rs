@@ -33,7 +33,7 @@ pub fn run(mut vcpu: Box<dyn Vcpu>, ctx: VcpuContext, kicker_tx: Sender<(u32, Ki
     }
     crate::filters::enter(crate::filters::Filter::Vcpu);
     let panic_at = if id == 0 {
-        crate::vm::test_panic_at("vcpu")
+        crate::vm::test_trigger_at("BERTH_TEST_PANIC", "vcpu")
     } else {
         None
     };

@@ -265,14 +265,11 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
     // A test trigger (BERTH_TEST_FORBIDDEN_CALL=berth@SECONDS): that long after the guest
     // starts, the control loop makes a call outside its filter, as a compromised thread of
     // berth would. No guest action can do this.
-    let forbidden_call_at = std::env::var("BERTH_TEST_FORBIDDEN_CALL")
-        .ok()
-        .and_then(|v| v.strip_prefix("berth@")?.parse::<u64>().ok())
-        .map(|s| Instant::now() + Duration::from_secs(s));
+    let forbidden_call_at = test_trigger_at("BERTH_TEST_FORBIDDEN_CALL", "berth");
 
     // A test trigger (BERTH_TEST_PANIC=control@SECONDS): the control loop panics, as a bug
     // in berth would (the vCPU's twin is in vcpu.rs).
-    let panic_at = test_panic_at("control");
+    let panic_at = test_trigger_at("BERTH_TEST_PANIC", "control");
 
     let result = loop {
         match events_rx.recv_timeout(Duration::from_millis(100)) {
@@ -330,10 +327,10 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
     result
 }
 
-/// When the test trigger `BERTH_TEST_PANIC=<place>@SECONDS` asks `place` ("control",
-/// "vcpu") to panic: that long from now. No guest action can set it.
-pub fn test_panic_at(place: &str) -> Option<Instant> {
-    std::env::var("BERTH_TEST_PANIC")
+/// When a test trigger `VAR=<place>@SECONDS` (BERTH_TEST_PANIC, BERTH_TEST_FORBIDDEN_CALL)
+/// fires in `place`: that long from now. No guest action can set them.
+pub fn test_trigger_at(var: &str, place: &str) -> Option<Instant> {
+    std::env::var(var)
         .ok()
         .and_then(|v| {
             v.strip_prefix(place)?
