@@ -1,15 +1,11 @@
-/// Why a vCPU returned to the VMM. Port and MMIO data borrow the vCPU's exit buffer: for reads,
-/// fill `data` before the next `run`.
+/// Why a vCPU returned to the VMM. Port and MMIO accesses do not appear here: the backend hands
+/// each one to the [`crate::IoHandler`] given to `run` (so a backend that must decode the
+/// instruction, or split a string instruction, makes as many calls as the guest made accesses)
+/// and returns [`VcpuExit::Io`].
 #[derive(Debug)]
-pub enum VcpuExit<'a> {
-    /// Port read of `data.len()` bytes.
-    IoIn { port: u16, data: &'a mut [u8] },
-    /// Port write.
-    IoOut { port: u16, data: &'a [u8] },
-    /// MMIO read of `data.len()` bytes.
-    MmioRead { addr: u64, data: &'a mut [u8] },
-    /// MMIO write.
-    MmioWrite { addr: u64, data: &'a [u8] },
+pub enum VcpuExit {
+    /// The guest's port or MMIO accesses were handed to the I/O handler; run again.
+    Io,
     /// The vCPU halted and the interrupt controller is not in the hypervisor.
     Halt,
     /// The guest asked the platform to power off, reset or reported a crash.
@@ -36,4 +32,18 @@ pub enum SystemEvent {
     Reset,
     /// The guest reported a crash (pvpanic, PSCI crash event).
     Crash,
+}
+
+/// The VMM's side of a vCPU's port and MMIO accesses. The backend calls it once per access, in
+/// the guest's order, with the access's own width: a `rep outsw` of 5 is five 2-byte writes.
+/// An access nobody claims is the handler's business (reads answer all ones, by convention).
+pub trait IoHandler {
+    /// A port read of `data.len()` bytes; fill `data`.
+    fn pio_read(&self, port: u16, data: &mut [u8]);
+    /// A port write.
+    fn pio_write(&self, port: u16, data: &[u8]);
+    /// An MMIO read of `data.len()` bytes; fill `data`.
+    fn mmio_read(&self, addr: u64, data: &mut [u8]);
+    /// An MMIO write.
+    fn mmio_write(&self, addr: u64, data: &[u8]);
 }

@@ -12,6 +12,18 @@ pub enum IoEventAddress {
     Mmio(u64),
 }
 
+/// Which writes an ioevent signals on. A value match also matches the access width, as the
+/// value's type says (KVM compares both): `U32(7)` is a 4-byte write of 7.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Datamatch {
+    /// Any write of any width.
+    Any,
+    U8(u8),
+    U16(u16),
+    U32(u32),
+    U64(u64),
+}
+
 /// An MSI message: what a device writes, and where, to raise an interrupt.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MsiMessage {

@@ -10,6 +10,7 @@
 //! A new backend implements these traits in `src/<name>/` and is registered in [`open`]; nothing
 //! outside this crate changes (see `docs/porting.md`).
 
+pub mod conformance;
 mod error;
 mod exit;
 pub mod irq;
@@ -29,8 +30,8 @@ pub use aarch64 as arch;
 use std::sync::Arc;
 
 pub use error::{Error, Result};
-pub use exit::{SystemEvent, VcpuExit};
-pub use irq::{IoEventAddress, IrqChip, IrqRoute, MsiMessage};
+pub use exit::{IoHandler, SystemEvent, VcpuExit};
+pub use irq::{Datamatch, IoEventAddress, IrqChip, IrqRoute, MsiMessage};
 pub use vmm_sys_util::eventfd::EventFd;
 
 use arch::{HypervisorArch, IrqChipConfig, VcpuArch, VmArch};
@@ -107,13 +108,13 @@ pub trait Vm: VmArch + Send + Sync {
     /// also initialised: PSCI 0.2, and every vCPU but 0 powered off until PSCI CPU_ON.
     fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>>;
 
-    /// Makes a guest access to `addr` (optionally only of value `datamatch`) signal `evt`
-    /// without exiting to user space.
+    /// Makes a guest write to `addr` that `datamatch` accepts signal `evt` without exiting to
+    /// user space; other writes there exit as usual.
     fn register_ioevent(
         &self,
         evt: &EventFd,
         addr: IoEventAddress,
-        datamatch: Option<u64>,
+        datamatch: Datamatch,
     ) -> Result<()>;
 
     /// Undoes [`Vm::register_ioevent`].
@@ -121,7 +122,7 @@ pub trait Vm: VmArch + Send + Sync {
         &self,
         evt: &EventFd,
         addr: IoEventAddress,
-        datamatch: Option<u64>,
+        datamatch: Datamatch,
     ) -> Result<()>;
 }
 
@@ -130,9 +131,9 @@ pub trait Vcpu: VcpuArch + Send {
     /// This vCPU's id.
     fn id(&self) -> u32;
 
-    /// Runs the vCPU until it needs the VMM. Port and MMIO reads must be answered by writing
-    /// the `data` slice of the exit before the next call.
-    fn run(&mut self) -> Result<VcpuExit<'_>>;
+    /// Runs the vCPU until it needs the VMM. The guest's port and MMIO accesses on the way go
+    /// to `io`, one call per access (see [`IoHandler`]); `run` then returns [`VcpuExit::Io`].
+    fn run(&mut self, io: &dyn IoHandler) -> Result<VcpuExit>;
 }
 
 /// Interrupts a vCPU thread's `run` with a signal. Send it again until the thread reports that

@@ -38,6 +38,8 @@ const ARCH: TargetArch = TargetArch::aarch64;
 pub enum Allow {
     Call(i64),
     CallWithArg0(i64, u64),
+    /// A system call with this second argument (e.g. fcntl(fd, F_GETFD) but no other fcntl).
+    CallWithArg1(i64, u64),
     /// ioctl(2) with this request (its second argument), on any fd.
     Ioctl(u64),
 }
@@ -54,6 +56,7 @@ pub fn filter(allowed: &[Allow], mode: Mode) -> Result<BpfProgram> {
                 continue;
             }
             Allow::CallWithArg0(nr, arg0) => (nr, 0, arg0),
+            Allow::CallWithArg1(nr, arg1) => (nr, 1, arg1),
             Allow::Ioctl(request) => (libc::SYS_ioctl, 1, request),
         };
         // 32 bits: the kernel reads an ioctl request, and prctl's option, as an int.

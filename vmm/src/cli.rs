@@ -29,6 +29,20 @@ pub enum Command {
     /// frontend (berth's --vhost-user, QEMU, Cloud Hypervisor). berth also runs its own
     /// device processes this way.
     Device(DeviceArgs),
+    /// Run the hypervisor conformance kit: tiny guests that check what berth needs of the
+    /// backend (port and MMIO I/O, string I/O, memory slots, ioeventfds, kicks, several
+    /// vCPUs...), printed as a table. Exits 1 if any case fails.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Hypervisor backend to check.
+    #[arg(long, value_enum, default_value_t = HypervisorChoice::Auto)]
+    pub hypervisor: HypervisorChoice,
+    /// Run only the cases with these names (repeat for more); all by default.
+    #[arg(long = "case", value_name = "NAME")]
+    pub cases: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -307,6 +321,16 @@ pub enum HypervisorChoice {
     Auto,
     /// Linux KVM (/dev/kvm).
     Kvm,
+}
+
+impl HypervisorChoice {
+    /// The backend asked for; `None` lets the hypervisor layer pick.
+    pub fn kind(self) -> Option<hypervisor::HypervisorKind> {
+        match self {
+            HypervisorChoice::Auto => None,
+            HypervisorChoice::Kvm => Some(hypervisor::HypervisorKind::Kvm),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! `berth`: boots Linux guests through berth's hypervisor, arch and device layers.
 
+mod check;
 mod cli;
 mod console;
 mod device_cmd;
@@ -76,7 +77,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let tag = match &cli.command {
         Command::Device(d) => format!("berth[{}]", d.name.as_deref().unwrap_or("device")),
-        Command::Run(_) => "berth".to_string(),
+        Command::Run(_) | Command::Check(_) => "berth".to_string(),
     };
     init_logging(cli.log_level, tag);
     install_panic_hook();
@@ -88,6 +89,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Check(args) => check::run(&args),
         Command::Run(args) => match vm::run(&args, start) {
             Ok(outcome) => {
                 let (what, code) = match outcome {

@@ -15,7 +15,7 @@ use devices::virtio::frontend::Frontend;
 use devices::virtio::pci::{DeviceInfo, TransportParts, VirtioPci, BAR_SIZE};
 use devices::virtio::VIRTIO_F_VERSION_1;
 use devices::{Bus, EventFd};
-use hypervisor::{IoEventAddress, IrqChip, IrqRoute, Vm};
+use hypervisor::{Datamatch, IoEventAddress, IrqChip, IrqRoute, Vm};
 use vm_allocator::{AddressAllocator, AllocPolicy};
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
@@ -241,7 +241,7 @@ impl PciBuilder {
         .map_err(|e| dev_err(name, e))?;
         for (addr, evt) in dev.ioevents() {
             self.vm
-                .register_ioevent(evt, IoEventAddress::Mmio(addr), None)?;
+                .register_ioevent(evt, IoEventAddress::Mmio(addr), Datamatch::Any)?;
         }
         let placed = self
             .root

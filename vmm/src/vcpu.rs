@@ -1,4 +1,4 @@
-//! The vCPU thread: run the guest, dispatch port and MMIO exits to the buses, hand everything
+//! The vCPU thread: run the guest, dispatch its port and MMIO accesses to the buses, hand everything
 //! else to the control loop.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use devices::{log_limited, Bus};
-use hypervisor::{Kicker, SystemEvent, Vcpu, VcpuExit};
+use hypervisor::{IoHandler, Kicker, SystemEvent, Vcpu, VcpuExit};
 
 use crate::events::VmEvent;
 
@@ -41,12 +41,12 @@ pub fn run(mut vcpu: Box<dyn Vcpu>, ctx: VcpuContext, kicker_tx: Sender<(u32, Ki
         if panic_at.is_some_and(|t| Instant::now() >= t) {
             panic!("test trigger: vCPU 0 panics");
         }
-        let event = match vcpu.run() {
+        let event = match vcpu.run(&ctx) {
             Ok(VcpuExit::Shutdown) => {
                 crate::platform::log_shutdown(&*vcpu);
                 VmEvent::System(SystemEvent::Reset)
             }
-            Ok(exit) => match handle_exit(id, exit, &ctx) {
+            Ok(exit) => match handle_exit(id, exit) {
                 Some(ev) => ev,
                 None => continue,
             },
@@ -60,51 +60,59 @@ pub fn run(mut vcpu: Box<dyn Vcpu>, ctx: VcpuContext, kicker_tx: Sender<(u32, Ki
     }
 }
 
-/// Handles one exit; returns an event when the VM must stop.
-fn handle_exit(cpu: u32, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Option<VmEvent> {
+/// The guest's port and MMIO accesses, dispatched to the buses. An access no device claims
+/// reads as all ones and is logged (rate-limited: a guest can probe without end).
+impl IoHandler for VcpuContext {
+    fn pio_read(&self, port: u16, data: &mut [u8]) {
+        if !self.pio.read(u64::from(port), data) {
+            data.fill(0xff);
+            log_limited!(
+                log::Level::Debug,
+                "unhandled port read {port:#x} ({} bytes)",
+                data.len()
+            );
+        }
+    }
+
+    fn pio_write(&self, port: u16, data: &[u8]) {
+        if !self.pio.write(u64::from(port), data) {
+            log_limited!(
+                log::Level::Debug,
+                "unhandled port write {port:#x} ({} bytes)",
+                data.len()
+            );
+        }
+    }
+
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        if !self.mmio.read(addr, data) {
+            data.fill(0xff);
+            log_limited!(
+                log::Level::Debug,
+                "unhandled MMIO read {addr:#x} ({} bytes)",
+                data.len()
+            );
+        }
+    }
+
+    fn mmio_write(&self, addr: u64, data: &[u8]) {
+        if !self.mmio.write(addr, data) {
+            log_limited!(
+                log::Level::Debug,
+                "unhandled MMIO write {addr:#x} ({} bytes)",
+                data.len()
+            );
+        }
+    }
+}
+
+/// Handles one exit other than I/O; returns an event when the VM must stop.
+fn handle_exit(cpu: u32, exit: VcpuExit) -> Option<VmEvent> {
     log::trace!("exit {exit:?}");
     match exit {
-        VcpuExit::IoIn { port, data } => {
-            if !ctx.pio.read(u64::from(port), data) {
-                data.fill(0xff);
-                log_limited!(
-                    log::Level::Debug,
-                    "unhandled port read {port:#x} ({} bytes)",
-                    data.len()
-                );
-            }
-        }
-        VcpuExit::IoOut { port, data } => {
-            if !ctx.pio.write(u64::from(port), data) {
-                log_limited!(
-                    log::Level::Debug,
-                    "unhandled port write {port:#x} ({} bytes)",
-                    data.len()
-                );
-            }
-        }
-        VcpuExit::MmioRead { addr, data } => {
-            if !ctx.mmio.read(addr, data) {
-                data.fill(0xff);
-                log_limited!(
-                    log::Level::Debug,
-                    "unhandled MMIO read {addr:#x} ({} bytes)",
-                    data.len()
-                );
-            }
-        }
-        VcpuExit::MmioWrite { addr, data } => {
-            if !ctx.mmio.write(addr, data) {
-                log_limited!(
-                    log::Level::Debug,
-                    "unhandled MMIO write {addr:#x} ({} bytes)",
-                    data.len()
-                );
-            }
-        }
         // With the interrupt controller in the hypervisor a halt never reaches us; if a backend
         // reports one, running again waits in the hypervisor for the next interrupt.
-        VcpuExit::Halt | VcpuExit::Interrupted => {}
+        VcpuExit::Io | VcpuExit::Halt | VcpuExit::Interrupted => {}
         VcpuExit::System(ev) => return Some(VmEvent::System(ev)),
         VcpuExit::Shutdown => return Some(VmEvent::System(SystemEvent::Reset)),
         VcpuExit::InternalError { code, what } => {

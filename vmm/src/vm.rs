@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arch::MIB;
-use hypervisor::{HypervisorKind, Kicker, SystemEvent};
+use hypervisor::{Kicker, SystemEvent};
 
 use devices::virtio::blk::{self, DiskImage};
 
-use crate::cli::{ConsoleChoice, HypervisorChoice, RunArgs, SerialDest};
+use crate::cli::{ConsoleChoice, RunArgs, SerialDest};
 use crate::error::{Error, Result};
 use crate::events::{Outcome, VmEvent};
 use crate::filters::Filter;
@@ -93,10 +93,7 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
 
     let lap = |stage: &str| log::debug!("{stage}: {} us after start", start.elapsed().as_micros());
     lap("arguments checked");
-    let hv = hypervisor::open(match args.hypervisor {
-        HypervisorChoice::Auto => None,
-        HypervisorChoice::Kvm => Some(HypervisorKind::Kvm),
-    })?;
+    let hv = hypervisor::open(args.hypervisor.kind())?;
     // Compiled before berth starts its first helper thread, which enters its filter.
     crate::filters::init(args.seccomp, &hv.runtime_ioctls())?;
     devices::virtio::frontend::set_thread_start(|| crate::filters::enter(Filter::Control));

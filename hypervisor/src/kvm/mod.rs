@@ -20,10 +20,10 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, VcpuExit as KvmExit, VcpuFd, VmFd};
 
 use crate::arch::IrqChipConfig;
-use crate::irq::{IoEventAddress, IrqChip, IrqRoute};
+use crate::irq::{Datamatch, IoEventAddress, IrqChip, IrqRoute};
 use crate::{
-    Error, EventFd, Hypervisor, HypervisorKind, MemoryRegion, Result, SystemEvent, Vcpu, VcpuExit,
-    Vm,
+    Error, EventFd, Hypervisor, HypervisorKind, IoHandler, MemoryRegion, Result, SystemEvent, Vcpu,
+    VcpuExit, Vm,
 };
 
 const KVM_PATH: &str = "/dev/kvm";
@@ -147,14 +147,18 @@ impl Vm for KvmVm {
         &self,
         evt: &EventFd,
         addr: IoEventAddress,
-        datamatch: Option<u64>,
+        datamatch: Datamatch,
     ) -> Result<()> {
         let addr = kvm_ioevent_addr(addr);
+        // kvm-ioctls takes the match width from the value's type.
         match datamatch {
-            Some(v) => self.fd.register_ioevent(evt, &addr, v),
-            None => self
+            Datamatch::Any => self
                 .fd
                 .register_ioevent(evt, &addr, kvm_ioctls::NoDatamatch),
+            Datamatch::U8(v) => self.fd.register_ioevent(evt, &addr, v),
+            Datamatch::U16(v) => self.fd.register_ioevent(evt, &addr, v),
+            Datamatch::U32(v) => self.fd.register_ioevent(evt, &addr, v),
+            Datamatch::U64(v) => self.fd.register_ioevent(evt, &addr, v),
         }
         .map_err(|e| Error::ioctl("KVM_IOEVENTFD", e))
     }
@@ -163,14 +167,17 @@ impl Vm for KvmVm {
         &self,
         evt: &EventFd,
         addr: IoEventAddress,
-        datamatch: Option<u64>,
+        datamatch: Datamatch,
     ) -> Result<()> {
         let addr = kvm_ioevent_addr(addr);
         match datamatch {
-            Some(v) => self.fd.unregister_ioevent(evt, &addr, v),
-            None => self
+            Datamatch::Any => self
                 .fd
                 .unregister_ioevent(evt, &addr, kvm_ioctls::NoDatamatch),
+            Datamatch::U8(v) => self.fd.unregister_ioevent(evt, &addr, v),
+            Datamatch::U16(v) => self.fd.unregister_ioevent(evt, &addr, v),
+            Datamatch::U32(v) => self.fd.unregister_ioevent(evt, &addr, v),
+            Datamatch::U64(v) => self.fd.unregister_ioevent(evt, &addr, v),
         }
         .map_err(|e| Error::ioctl("KVM_IOEVENTFD (deassign)", e))
     }
@@ -262,15 +269,36 @@ impl Vcpu for KvmVcpu {
         self.id
     }
 
-    fn run(&mut self) -> Result<VcpuExit<'_>> {
-        // For an internal error: its suberror is in kvm_run, which `run`'s borrow holds.
+    fn run(&mut self, io: &dyn IoHandler) -> Result<VcpuExit> {
+        // For string port I/O and internal errors: details are in kvm_run, which `run`'s
+        // borrow holds.
         let run_area: *const kvm_bindings::kvm_run = self.fd.get_kvm_run();
         match self.fd.run() {
             Ok(exit) => Ok(match exit {
-                KvmExit::IoIn(port, data) => VcpuExit::IoIn { port, data },
-                KvmExit::IoOut(port, data) => VcpuExit::IoOut { port, data },
-                KvmExit::MmioRead(addr, data) => VcpuExit::MmioRead { addr, data },
-                KvmExit::MmioWrite(addr, data) => VcpuExit::MmioWrite { addr, data },
+                KvmExit::IoIn(port, data) => {
+                    // SAFETY: the exit is KVM_EXIT_IO and run_area is this vCPU's kvm_run.
+                    let size = unsafe { port_io_size(run_area) };
+                    for access in data.chunks_mut(size) {
+                        io.pio_read(port, access);
+                    }
+                    VcpuExit::Io
+                }
+                KvmExit::IoOut(port, data) => {
+                    // SAFETY: the exit is KVM_EXIT_IO and run_area is this vCPU's kvm_run.
+                    let size = unsafe { port_io_size(run_area) };
+                    for access in data.chunks(size) {
+                        io.pio_write(port, access);
+                    }
+                    VcpuExit::Io
+                }
+                KvmExit::MmioRead(addr, data) => {
+                    io.mmio_read(addr, data);
+                    VcpuExit::Io
+                }
+                KvmExit::MmioWrite(addr, data) => {
+                    io.mmio_write(addr, data);
+                    VcpuExit::Io
+                }
                 KvmExit::Hlt => VcpuExit::Halt,
                 // x86: a triple fault; the guest wants a reset (Linux's last-resort reboot).
                 KvmExit::Shutdown => VcpuExit::Shutdown,
@@ -301,8 +329,24 @@ impl Vcpu for KvmVcpu {
     }
 }
 
+/// The width of one access of a KVM_EXIT_IO exit. KVM hands a string instruction (`rep outsb`
+/// and friends) over as `count` accesses of `size` bytes in one buffer; each is a separate
+/// access for the device. Never 0, so the buffer always splits.
+///
+/// Reads through a raw pointer, field only: the exit's data buffer lives in the same mapping
+/// and is mutably borrowed while this runs.
+///
+/// # Safety
+/// `run` must point at a vCPU's mapped kvm_run whose exit reason is KVM_EXIT_IO.
+unsafe fn port_io_size(run: *const kvm_bindings::kvm_run) -> usize {
+    // SAFETY: the caller guarantees the mapping and that `io` is the union member KVM wrote;
+    // `size` is a plain integer outside the data buffer.
+    let size = unsafe { std::ptr::addr_of!((*run).__bindgen_anon_1.io.size).read() };
+    usize::from(size).max(1)
+}
+
 /// What a KVM internal error exit says: its suberror and what that means.
-fn internal_error(run: &kvm_bindings::kvm_run) -> VcpuExit<'static> {
+fn internal_error(run: &kvm_bindings::kvm_run) -> VcpuExit {
     // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the union's
     // member KVM wrote; it is plain integers.
     let code = unsafe { run.__bindgen_anon_1.internal.suberror };

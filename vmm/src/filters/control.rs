@@ -26,6 +26,8 @@ pub const COMMON: &[Allow] = &[
     Allow::Call(libc::SYS_rt_sigprocmask),
     // Dropping an fd (an eventfd, a socket, a file) as a device or the VM goes away.
     Allow::Call(libc::SYS_close),
+    // ... and, in a debug build, std's check that the fd is open before it closes it.
+    Allow::CallWithArg1(libc::SYS_fcntl, libc::F_GETFD as u64),
     // A thread's end (glibc frees its stack and signal stack), the process's end.
     Allow::Call(libc::SYS_sigaltstack),
     Allow::Call(libc::SYS_exit),

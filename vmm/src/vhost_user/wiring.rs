@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use devices::virtio::pci::Wiring;
 use devices::{log_limited, EventFd};
-use hypervisor::{IoEventAddress, Vm};
+use hypervisor::{Datamatch, IoEventAddress, Vm};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 type Callback = Arc<dyn Fn() + Send + Sync>;
@@ -118,14 +118,14 @@ impl Wiring for VmWiring {
     fn move_notify(&self, fd: &EventFd, old: u64, new: u64) {
         if let Err(e) = self
             .vm
-            .unregister_ioevent(fd, IoEventAddress::Mmio(old), None)
+            .unregister_ioevent(fd, IoEventAddress::Mmio(old), Datamatch::Any)
         {
             log_limited!(log::Level::Debug, "ioeventfd at {old:#x}: {e}");
         }
         // Where registering fails, notifications trap and the transport forwards them.
         if let Err(e) = self
             .vm
-            .register_ioevent(fd, IoEventAddress::Mmio(new), None)
+            .register_ioevent(fd, IoEventAddress::Mmio(new), Datamatch::Any)
         {
             log_limited!(log::Level::Warn, "ioeventfd at {new:#x}: {e}");
         }

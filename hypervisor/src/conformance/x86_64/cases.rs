@@ -1,0 +1,468 @@
+//! Each case builds a guest, runs it and compares what the backend reported with what the
+//! guest did.
+
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use super::asm::Asm;
+use super::guest::{run_vcpu, Guest, CODE, DATA, MMIO, RAM_SIZE};
+use crate::arch::Regs;
+use crate::conformance::guest_ram::GuestRam;
+use crate::conformance::recorder::{Access, AccessKind::*, Recorder};
+use crate::conformance::{check, step, Case, CaseResult, Outcome};
+use crate::{Datamatch, EventFd, Hypervisor, IoEventAddress, Kicker, MemoryRegion, VcpuExit};
+
+pub static CASES: &[Case] = &[
+    Case {
+        name: "port-out",
+        what: "OUT of 1, 2 and 4 bytes reach the handler with their data",
+        run: port_out,
+    },
+    Case {
+        name: "port-in",
+        what: "IN of 1, 2 and 4 bytes return the handler's data",
+        run: port_in,
+    },
+    Case {
+        name: "port-string-out",
+        what: "REP OUTSB/W/D are one access per element",
+        run: string_out,
+    },
+    Case {
+        name: "port-string-in",
+        what: "REP INSB/W/D are one access per element, stored in order",
+        run: string_in,
+    },
+    Case {
+        name: "mmio-write",
+        what: "MMIO writes of 1, 2, 4 and 8 bytes with their data",
+        run: mmio_write,
+    },
+    Case {
+        name: "mmio-read",
+        what: "MMIO reads of 1, 2, 4 and 8 bytes return the handler's data",
+        run: mmio_read,
+    },
+    Case {
+        name: "halt",
+        what: "HLT without an in-kernel interrupt controller exits as Halt",
+        run: halt,
+    },
+    Case {
+        name: "registers",
+        what: "general registers set are read back unchanged",
+        run: registers,
+    },
+    Case {
+        name: "read-only-slot",
+        what: "a read-only slot reads as memory; writes exit as MMIO",
+        run: read_only_slot,
+    },
+    Case {
+        name: "ioeventfd",
+        what: "ioeventfds (port; MMIO with a 4-byte datamatch) signal without exiting",
+        run: ioeventfd,
+    },
+    Case {
+        name: "kick",
+        what: "a kick brings a spinning vCPU out of run",
+        run: kick,
+    },
+    Case {
+        name: "triple-fault",
+        what: "an exception with no IDT exits as Shutdown",
+        run: triple_fault,
+    },
+    Case {
+        name: "vcpus-at-once",
+        what: "four vCPUs run at the same time, each with its own state",
+        run: vcpus_at_once,
+    },
+];
+
+const PORT: u16 = 0x510;
+const WIDTHS: [usize; 3] = [1, 2, 4];
+
+fn expect_accesses(got: &[Access], want: &[Access]) -> CaseResult {
+    check(got == want, || {
+        format!("accesses differ:\n  want {want:?}\n  got  {got:?}")
+    })
+}
+
+fn run_to_done(g: &mut Guest, io: &Recorder) -> CaseResult {
+    let exits = g.run(io)?;
+    check(exits.is_empty(), || {
+        format!("the guest stopped early: {exits:?}")
+    })
+}
+
+fn port_out(hv: &dyn Hypervisor) -> CaseResult {
+    let mut a = Asm::default();
+    a.mov_dx(PORT);
+    for w in WIDTHS {
+        a.mov_eax(0x4433_2211 + w as u32).out_dx(w);
+    }
+    let mut g = Guest::new(hv, &a.done().0, 1, false)?;
+    let io = Recorder::default();
+    run_to_done(&mut g, &io)?;
+    let want: Vec<Access> = WIDTHS
+        .iter()
+        .map(|&w| {
+            Access::new(
+                PioWrite,
+                PORT.into(),
+                &(0x4433_2211 + w as u32).to_le_bytes()[..w],
+            )
+        })
+        .collect();
+    expect_accesses(&io.accesses(), &want)
+}
+
+fn port_in(hv: &dyn Hypervisor) -> CaseResult {
+    let mut a = Asm::default();
+    a.mov_dx(PORT);
+    for (i, w) in WIDTHS.into_iter().enumerate() {
+        a.mov_eax(0)
+            .in_dx(w)
+            .store_rax(4, (DATA + i as u64 * 4) as u32);
+    }
+    let mut g = Guest::new(hv, &a.done().0, 1, false)?;
+    let io = Recorder::default();
+    run_to_done(&mut g, &io)?;
+    let mut want = Vec::new();
+    let mut stored = Vec::new();
+    for (n, w) in WIDTHS.into_iter().enumerate() {
+        let ans = Recorder::answer(n as u8, w);
+        want.push(Access::new(PioRead, PORT.into(), &ans));
+        let mut word = ans.clone();
+        word.resize(4, 0);
+        stored.extend(word);
+    }
+    expect_accesses(&io.accesses(), &want)?;
+    let got = g.ram.read(DATA, stored.len());
+    check(got == stored, || {
+        format!("the guest read {got:x?}, the handler answered {stored:x?}")
+    })
+}
+
+/// Elements per string instruction.
+const COUNT: u32 = 5;
+
+fn string_out(hv: &dyn Hypervisor) -> CaseResult {
+    let mut a = Asm::default();
+    a.cld().mov_dx(PORT);
+    for (i, w) in WIDTHS.into_iter().enumerate() {
+        a.mov_rsi((DATA + i as u64 * 0x100) as u32)
+            .mov_rcx(COUNT)
+            .rep_outs(w);
+    }
+    let mut g = Guest::new(hv, &a.done().0, 1, false)?;
+    let source: Vec<u8> = (0..=255).collect();
+    let mut want = Vec::new();
+    for (i, w) in WIDTHS.into_iter().enumerate() {
+        g.ram.write(DATA + i as u64 * 0x100, &source);
+        for k in 0..COUNT as usize {
+            want.push(Access::new(
+                PioWrite,
+                PORT.into(),
+                &source[k * w..(k + 1) * w],
+            ));
+        }
+    }
+    let io = Recorder::default();
+    run_to_done(&mut g, &io)?;
+    expect_accesses(&io.accesses(), &want)
+}
+
+fn string_in(hv: &dyn Hypervisor) -> CaseResult {
+    let mut a = Asm::default();
+    a.cld().mov_dx(PORT);
+    for (i, w) in WIDTHS.into_iter().enumerate() {
+        a.mov_rdi((DATA + i as u64 * 0x100) as u32)
+            .mov_rcx(COUNT)
+            .rep_ins(w);
+    }
+    let mut g = Guest::new(hv, &a.done().0, 1, false)?;
+    let io = Recorder::default();
+    run_to_done(&mut g, &io)?;
+    let mut want = Vec::new();
+    let mut n = 0u8;
+    for (i, w) in WIDTHS.into_iter().enumerate() {
+        let mut stored = Vec::new();
+        for _ in 0..COUNT {
+            let ans = Recorder::answer(n, w);
+            n += 1;
+            want.push(Access::new(PioRead, PORT.into(), &ans));
+            stored.extend(ans);
+        }
+        let got = g.ram.read(DATA + i as u64 * 0x100, stored.len());
+        check(got == stored, || {
+            format!("REP INS of width {w} stored {got:x?}, want {stored:x?}")
+        })?;
+    }
+    expect_accesses(&io.accesses(), &want)
+}
+
+const MMIO_WIDTHS: [usize; 4] = [1, 2, 4, 8];
+const PATTERN: u64 = 0x8877_6655_4433_2211;
+
+fn mmio_write(hv: &dyn Hypervisor) -> CaseResult {
+    let mut a = Asm::default();
+    a.mov_rbx(PATTERN);
+    for (i, w) in MMIO_WIDTHS.into_iter().enumerate() {
+        a.mov_rax(MMIO + i as u64 * 0x10).store_rbx_at_rax(w);
+    }
+    let mut g = Guest::new(hv, &a.done().0, 1, false)?;
+    let io = Recorder::default();
+    run_to_done(&mut g, &io)?;
+    let want: Vec<Access> = MMIO_WIDTHS
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| {
+            Access::new(
+                MmioWrite,
+                MMIO + i as u64 * 0x10,
+                &PATTERN.to_le_bytes()[..w],
+            )
+        })
+        .collect();
+    expect_accesses(&io.accesses(), &want)
+}
+
+fn mmio_read(hv: &dyn Hypervisor) -> CaseResult {
+    let mut a = Asm::default();
+    for (i, w) in MMIO_WIDTHS.into_iter().enumerate() {
+        a.mov_rbx(0)
+            .mov_rax(MMIO + i as u64 * 0x10)
+            .load_rbx_from_rax(w)
+            .store_rbx(8, (DATA + i as u64 * 8) as u32);
+    }
+    let mut g = Guest::new(hv, &a.done().0, 1, false)?;
+    let io = Recorder::default();
+    run_to_done(&mut g, &io)?;
+    let mut want = Vec::new();
+    let mut stored = Vec::new();
+    for (n, w) in MMIO_WIDTHS.into_iter().enumerate() {
+        let ans = Recorder::answer(n as u8, w);
+        want.push(Access::new(MmioRead, MMIO + n as u64 * 0x10, &ans));
+        let mut q = ans.clone();
+        q.resize(8, 0);
+        stored.extend(q);
+    }
+    expect_accesses(&io.accesses(), &want)?;
+    let got = g.ram.read(DATA, stored.len());
+    check(got == stored, || {
+        format!("the guest read {got:x?}, the handler answered {stored:x?}")
+    })
+}
+
+fn halt(hv: &dyn Hypervisor) -> CaseResult {
+    let mut a = Asm::default();
+    a.hlt().done();
+    let mut g = Guest::new(hv, &a.0, 1, false)?;
+    let io = Recorder::default();
+    let exits = g.run(&io)?;
+    check(matches!(exits.as_slice(), [VcpuExit::Halt]), || {
+        format!(
+            "want one Halt exit, got {exits:?} after {:?}",
+            io.accesses()
+        )
+    })
+}
+
+fn registers(hv: &dyn Hypervisor) -> CaseResult {
+    let g = Guest::new(hv, &Asm::default().done().0, 1, false)?;
+    let v = |i: u64| 0x0101_0101_0101_0101u64.wrapping_mul(i);
+    let regs = Regs {
+        rax: v(1),
+        rbx: v(2),
+        rcx: v(3),
+        rdx: v(4),
+        rsi: v(5),
+        rdi: v(6),
+        rsp: v(7),
+        rbp: v(8),
+        r8: v(9),
+        r9: v(10),
+        r10: v(11),
+        r11: v(12),
+        r12: v(13),
+        r13: v(14),
+        r14: v(15),
+        r15: v(16),
+        rip: CODE + 0x123,
+        rflags: 0x2 | 0x1 | 0x40, // reserved bit, CF, ZF
+    };
+    step("set_regs", g.vcpus[0].set_regs(&regs))?;
+    let back = step("get_regs", g.vcpus[0].get_regs())?;
+    check(back == regs, || {
+        format!("set {regs:x?}, read back {back:x?}")
+    })
+}
+
+fn read_only_slot(hv: &dyn Hypervisor) -> CaseResult {
+    const RO: u64 = RAM_SIZE; // right after RAM, in the identity map
+    let mut a = Asm::default();
+    a.mov_rax(RO)
+        .load_rbx_from_rax(4)
+        .store_rbx(4, DATA as u32)
+        .mov_rbx(0xdead_beef)
+        .store_rbx_at_rax(4);
+    let mut g = Guest::new(hv, &a.done().0, 1, false)?;
+    let mut ro = step("map the read-only slot", GuestRam::new(4096))?;
+    ro.write(0, &0x1122_3344u32.to_le_bytes());
+    let region = MemoryRegion {
+        slot: 1,
+        guest_addr: RO,
+        size: 4096,
+        host_addr: ro.host_addr(),
+        read_only: true,
+    };
+    // SAFETY: `ro` outlives the VM: the guest (and its VM) is dropped first, below.
+    let added = unsafe { g.vm.add_memory_region(region) };
+    let result = (|| {
+        step("add a read-only slot", added)?;
+        let io = Recorder::default();
+        run_to_done(&mut g, &io)?;
+        let got = u32::from_le_bytes(g.ram.read(DATA, 4).try_into().unwrap());
+        check(got == 0x1122_3344, || {
+            format!("the guest read {got:#x} from the slot, want 0x11223344")
+        })?;
+        expect_accesses(
+            &io.accesses(),
+            &[Access::new(MmioWrite, RO, &0xdead_beefu32.to_le_bytes())],
+        )?;
+        let kept = ro.read(0, 4);
+        check(kept == 0x1122_3344u32.to_le_bytes(), || {
+            format!("the write changed the slot: {kept:x?}")
+        })
+    })();
+    drop(g);
+    drop(ro);
+    result
+}
+
+fn ioeventfd(hv: &dyn Hypervisor) -> CaseResult {
+    const EV_PORT: u16 = 0x520;
+    const EV_MMIO: u64 = MMIO + 0x1000;
+    let mut a = Asm::default();
+    a.mov_dx(EV_PORT)
+        .mov_eax(1)
+        .out_dx(2) // ioeventfd, any value
+        .mov_rax(EV_MMIO)
+        .mov_rbx(7)
+        .store_rbx_at_rax(4) // datamatch 7: no exit
+        .mov_rbx(8)
+        .store_rbx_at_rax(4); // not 7: exits
+    let mut g = Guest::new(hv, &a.done().0, 1, false)?;
+    let port_evt = step("eventfd", EventFd::new(libc::EFD_NONBLOCK))?;
+    let mmio_evt = step("eventfd", EventFd::new(libc::EFD_NONBLOCK))?;
+    step(
+        "register a port ioevent",
+        g.vm.register_ioevent(
+            &port_evt,
+            IoEventAddress::Pio(EV_PORT.into()),
+            Datamatch::Any,
+        ),
+    )?;
+    step(
+        "register an MMIO ioevent",
+        g.vm.register_ioevent(&mmio_evt, IoEventAddress::Mmio(EV_MMIO), Datamatch::U32(7)),
+    )?;
+    let io = Recorder::default();
+    run_to_done(&mut g, &io)?;
+    let count = |e: &EventFd| e.read().unwrap_or(0);
+    let (p, m) = (count(&port_evt), count(&mmio_evt));
+    check(p == 1 && m == 1, || {
+        format!("eventfd counts port {p}, MMIO {m}; want 1 and 1")
+    })?;
+    expect_accesses(
+        &io.accesses(),
+        &[Access::new(MmioWrite, EV_MMIO, &8u32.to_le_bytes())],
+    )?;
+    step(
+        "unregister the MMIO ioevent",
+        g.vm.unregister_ioevent(&mmio_evt, IoEventAddress::Mmio(EV_MMIO), Datamatch::U32(7)),
+    )
+}
+
+fn kick(hv: &dyn Hypervisor) -> CaseResult {
+    let mut g = Guest::new(hv, &Asm::default().spin().0, 1, false)?;
+    let kicker = Kicker::for_current_thread();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let kicks = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        // Repeat until the vCPU is out: a kick just before entry is not seen.
+        use std::sync::mpsc::RecvTimeoutError::Timeout;
+        while rx.recv_timeout(Duration::from_millis(10)) == Err(Timeout) {
+            kicker.kick();
+        }
+    });
+    let io = Recorder::default();
+    let r = g.vcpus[0].run(&io);
+    drop(tx);
+    let _ = kicks.join();
+    let exit = step("run", r)?;
+    check(matches!(exit, VcpuExit::Interrupted), || {
+        format!("want Interrupted, got {exit:?}")
+    })
+}
+
+fn triple_fault(hv: &dyn Hypervisor) -> CaseResult {
+    let mut g = Guest::new(hv, &Asm::default().ud2().done().0, 1, false)?;
+    let mut s = step("get_sregs", g.vcpus[0].get_sregs())?;
+    s.idt.limit = 0; // every exception faults again: #UD, #DF, shutdown
+    step("set_sregs", g.vcpus[0].set_sregs(&s))?;
+    let io = Recorder::default();
+    let exits = g.run(&io)?;
+    check(matches!(exits.as_slice(), [VcpuExit::Shutdown]), || {
+        format!("want Shutdown, got {exits:?}")
+    })
+}
+
+fn vcpus_at_once(hv: &dyn Hypervisor) -> CaseResult {
+    const N: u32 = 4;
+    const ROUNDS: u32 = 200;
+    if hv.max_vcpus() < N {
+        return Err(Outcome::Skip(format!(
+            "the backend allows {} vCPUs",
+            hv.max_vcpus()
+        )));
+    }
+    // Each vCPU writes its id (in al) ROUNDS times (rcx), then is done.
+    let mut a = Asm::default();
+    a.mov_dx(PORT);
+    let body = Asm::default().out_dx(1).0.len();
+    a.out_dx(1).loop_back(body).done();
+    let mut g = Guest::new(hv, &a.0, N, false)?;
+    let barrier = Arc::new(Barrier::new(N as usize));
+    let mut threads = Vec::new();
+    for (id, mut vcpu) in g.vcpus.drain(..).enumerate() {
+        let mut regs = step("get_regs", vcpu.get_regs())?;
+        regs.rax = id as u64;
+        regs.rcx = u64::from(ROUNDS);
+        step("set_regs", vcpu.set_regs(&regs))?;
+        let barrier = barrier.clone();
+        threads.push(std::thread::spawn(move || {
+            let io = Recorder::default();
+            barrier.wait();
+            let r = run_vcpu(&mut *vcpu, &io, |_| Ok(()));
+            (r.map(|exits| exits.len()), io.accesses())
+        }));
+    }
+    // Join every thread before checking any: the guest's RAM must outlive its vCPUs.
+    let results: Vec<_> = threads.into_iter().map(|t| t.join()).collect();
+    for (id, r) in results.into_iter().enumerate() {
+        let (r, accesses) = r.map_err(|_| Outcome::Fail(format!("vCPU {id}'s thread panicked")))?;
+        let early = r?;
+        check(early == 0, || format!("vCPU {id} stopped early"))?;
+        let want = vec![Access::new(PioWrite, PORT.into(), &[id as u8]); ROUNDS as usize];
+        check(accesses == want, || {
+            format!(
+                "vCPU {id}: {} accesses, want {ROUNDS} writes of {id}",
+                accesses.len()
+            )
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! A kit guest: 2 MiB of RAM at 0, one or more vCPUs in 64-bit mode with 4 GiB identity-mapped,
+//! running code placed at [`CODE`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::super::guest_ram::GuestRam;
+use super::super::recorder::Recorder;
+use super::super::{step, Outcome};
+use crate::arch::{DescriptorTable, Regs, Segment, Sregs};
+use crate::{Hypervisor, Kicker, MemoryRegion, Vcpu, VcpuExit, Vm};
+
+pub const RAM_SIZE: u64 = 2 << 20;
+const GDT: u64 = 0x500;
+const PML4: u64 = 0x1000;
+const PDPT: u64 = 0x2000;
+const PD: u64 = 0x3000; // four pages: 4 GiB of 2 MiB pages
+pub const IDT: u64 = 0x7000;
+const STACK_TOP: u64 = 0xf000;
+pub const CODE: u64 = 0x10000;
+/// Where guests store what they read, for the kit to check.
+pub const DATA: u64 = 0x20000;
+/// An address in the identity map with no memory behind it: accesses are MMIO.
+pub const MMIO: u64 = 0xd000_0000;
+
+/// How long a guest may run before the kit gives up and kicks it out.
+const RUN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Null, 64-bit code, data, TSS (the encodings berth's boot GDT uses).
+const GDT_ENTRIES: [u64; 4] = [
+    0,
+    0x00af_9b00_0000_ffff,
+    0x00cf_9300_0000_ffff,
+    0x008f_8b00_0000_ffff,
+];
+
+fn segment(selector: u16, type_: u8, l: bool, s: bool) -> Segment {
+    Segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_,
+        present: true,
+        dpl: 0,
+        db: !l && s,
+        s,
+        l,
+        g: true,
+        avl: false,
+        unusable: false,
+    }
+}
+
+pub struct Guest {
+    pub vm: Arc<dyn Vm>,
+    pub vcpus: Vec<Box<dyn Vcpu>>,
+    /// After `vm`: dropped once the VM is gone.
+    pub ram: GuestRam,
+}
+
+impl Guest {
+    /// A VM with RAM and page tables and `vcpus` vCPUs in long mode at [`CODE`]; `code` is
+    /// copied there. No interrupt controller unless `irqchip`.
+    pub fn new(
+        hv: &dyn Hypervisor,
+        code: &[u8],
+        vcpus: u32,
+        irqchip: bool,
+    ) -> Result<Self, Outcome> {
+        let vm = step("create a VM", hv.create_vm())?;
+        let mut ram = step("map guest RAM", GuestRam::new(RAM_SIZE as usize))?;
+        write_tables(&mut ram);
+        ram.write(CODE, code);
+        let region = MemoryRegion {
+            slot: 0,
+            guest_addr: 0,
+            size: RAM_SIZE,
+            host_addr: ram.host_addr(),
+            read_only: false,
+        };
+        // SAFETY: `ram` lives in the returned Guest, declared after `vm`, so it outlives it.
+        step("add the RAM slot", unsafe { vm.add_memory_region(region) })?;
+        let chip = if irqchip {
+            Some(step(
+                "create the interrupt controller",
+                vm.create_irq_chip(&Default::default()),
+            )?)
+        } else {
+            None
+        };
+        let cpuid = step("read the supported CPUID", hv.supported_cpuid())?;
+        let mut all = Vec::new();
+        for id in 0..vcpus {
+            let vcpu = step("create a vCPU", vm.create_vcpu(id))?;
+            step("set CPUID", vcpu.set_cpuid(&cpuid))?;
+            let mut sregs = step("get_sregs", vcpu.get_sregs())?;
+            long_mode(&mut sregs);
+            step("set_sregs", vcpu.set_sregs(&sregs))?;
+            step(
+                "set_regs",
+                vcpu.set_regs(&Regs {
+                    rip: CODE,
+                    rsp: STACK_TOP - u64::from(id) * 0x800,
+                    rflags: 2,
+                    ..Default::default()
+                }),
+            )?;
+            all.push(vcpu);
+        }
+        if let Some(chip) = chip {
+            step("finalize the interrupt controller", chip.finalize())?;
+        }
+        Ok(Guest {
+            vm,
+            vcpus: all,
+            ram,
+        })
+    }
+
+    /// Runs vCPU 0 until the guest writes the done port. See [`run_vcpu`].
+    pub fn run(&mut self, io: &Recorder) -> Result<Vec<VcpuExit>, Outcome> {
+        run_vcpu(&mut *self.vcpus[0], io, |_| Ok(()))
+    }
+}
+
+/// Runs `vcpu` until the guest writes the done port, halts or stops; returns every non-I/O
+/// exit on the way (the last one ends the run unless it was I/O). `after_io` runs after each
+/// I/O exit. A guest still running after a few seconds is kicked out: FAIL.
+pub fn run_vcpu(
+    vcpu: &mut dyn Vcpu,
+    io: &Recorder,
+    mut after_io: impl FnMut(&Recorder) -> Result<(), Outcome>,
+) -> Result<Vec<VcpuExit>, Outcome> {
+    let watchdog = Watchdog::start(RUN_TIMEOUT);
+    let start = Instant::now();
+    let mut exits = Vec::new();
+    loop {
+        match step("run", vcpu.run(io))? {
+            VcpuExit::Io => {
+                after_io(io)?;
+                if io.done() {
+                    return Ok(exits);
+                }
+            }
+            VcpuExit::Interrupted if start.elapsed() >= RUN_TIMEOUT => {
+                drop(watchdog);
+                return Err(Outcome::Fail(format!(
+                    "the guest did not finish within {} s (accesses so far: {:?})",
+                    RUN_TIMEOUT.as_secs(),
+                    io.accesses()
+                )));
+            }
+            VcpuExit::Interrupted => {}
+            other => {
+                exits.push(other);
+                return Ok(exits);
+            }
+        }
+    }
+}
+
+/// Kicks the thread that made it, every 10 ms from `after` on, until dropped.
+pub struct Watchdog {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    pub fn start(after: Duration) -> Self {
+        let kicker = Kicker::for_current_thread();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            use std::sync::mpsc::RecvTimeoutError::Timeout;
+            if rx.recv_timeout(after) != Err(Timeout) {
+                return;
+            }
+            loop {
+                kicker.kick();
+                if rx.recv_timeout(Duration::from_millis(10)) != Err(Timeout) {
+                    return;
+                }
+            }
+        });
+        Watchdog {
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn write_tables(ram: &mut GuestRam) {
+    for (i, e) in GDT_ENTRIES.iter().enumerate() {
+        ram.write(GDT + i as u64 * 8, &e.to_le_bytes());
+    }
+    ram.write(PML4, &(PDPT | 3).to_le_bytes());
+    for i in 0..4u64 {
+        ram.write(PDPT + i * 8, &((PD + i * 0x1000) | 3).to_le_bytes());
+    }
+    for i in 0..(4 * 512u64) {
+        // Present, writable, 2 MiB page.
+        ram.write(PD + i * 8, &((i << 21) | 0x83).to_le_bytes());
+    }
+}
+
+fn long_mode(s: &mut Sregs) {
+    s.cs = segment(0x08, 0xb, true, true);
+    let data = segment(0x10, 0x3, false, true);
+    s.ds = data;
+    s.es = data;
+    s.fs = data;
+    s.gs = data;
+    s.ss = data;
+    s.tr = segment(0x18, 0xb, false, false);
+    s.gdt = DescriptorTable {
+        base: GDT,
+        limit: (GDT_ENTRIES.len() * 8 - 1) as u16,
+    };
+    s.idt = DescriptorTable {
+        base: IDT,
+        limit: 0xfff,
+    };
+    s.cr3 = PML4;
+    s.cr4 |= 1 << 5; // PAE
+    s.cr0 = 0x8000_0011; // PG, ET, PE
+    s.efer |= (1 << 8) | (1 << 10); // LME, LMA
+}
