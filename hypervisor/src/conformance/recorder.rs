@@ -13,11 +13,18 @@ pub enum AccessKind {
 }
 
 /// One access as the backend handed it over.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Access {
     pub kind: AccessKind,
     pub addr: u64,
     pub data: Vec<u8>,
+}
+
+/// Addresses in hex, as people read them in failure messages.
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} {:#x} {:x?}", self.kind, self.addr, self.data)
+    }
 }
 
 impl Access {
@@ -62,6 +69,15 @@ impl Recorder {
             .borrow()
             .last()
             .is_some_and(|a| a.kind == AccessKind::PioWrite && a.addr == u64::from(DONE_PORT))
+    }
+
+    /// Writes to `port` so far.
+    pub fn writes_to(&self, port: u16) -> usize {
+        self.log
+            .borrow()
+            .iter()
+            .filter(|a| a.kind == AccessKind::PioWrite && a.addr == u64::from(port))
+            .count()
     }
 
     fn read(&self, kind: AccessKind, addr: u64, data: &mut [u8]) {

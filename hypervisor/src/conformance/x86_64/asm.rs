@@ -95,6 +95,20 @@ impl Asm {
         let back = -((body_len + 4) as i8);
         self.emit(&[0xff, 0xc9, 0x75, back as u8])
     }
+    /// `mov dword [rax], imm32`
+    pub fn store_imm32_at_rax(&mut self, imm: u32) -> &mut Self {
+        self.emit(&[0xc7, 0x00]).emit(&imm.to_le_bytes())
+    }
+    pub fn sti(&mut self) -> &mut Self {
+        self.emit(&[0xfb])
+    }
+    pub fn iretq(&mut self) -> &mut Self {
+        self.emit(&[0x48, 0xcf])
+    }
+    /// `hlt; jmp <the hlt>`: wait for interrupts forever.
+    pub fn halt_loop(&mut self) -> &mut Self {
+        self.emit(&[0xf4, 0xeb, 0xfd])
+    }
     pub fn cld(&mut self) -> &mut Self {
         self.emit(&[0xfc])
     }

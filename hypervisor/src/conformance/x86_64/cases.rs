@@ -5,12 +5,15 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use super::asm::Asm;
-use super::guest::{run_vcpu, Guest, CODE, DATA, MMIO, RAM_SIZE};
+use super::guest::{run_vcpu, Guest, CODE, DATA, IDT, MMIO, RAM_SIZE};
 use crate::arch::Regs;
 use crate::conformance::guest_ram::GuestRam;
 use crate::conformance::recorder::{Access, AccessKind::*, Recorder};
 use crate::conformance::{check, step, Case, CaseResult, Outcome};
-use crate::{Datamatch, EventFd, Hypervisor, IoEventAddress, Kicker, MemoryRegion, VcpuExit};
+use crate::{
+    Datamatch, EventFd, Hypervisor, IoEventAddress, IrqRoute, Kicker, MemoryRegion, MsiMessage,
+    VcpuExit,
+};
 
 pub static CASES: &[Case] = &[
     Case {
@@ -62,6 +65,12 @@ pub static CASES: &[Case] = &[
         name: "ioeventfd",
         what: "ioeventfds (port; MMIO with a 4-byte datamatch) signal without exiting",
         run: ioeventfd,
+    },
+    Case {
+        name: "msi-irqfd",
+        what:
+            "an irqfd on an MSI route interrupts the guest, also after deassign, signal, reassign",
+        run: msi_irqfd,
     },
     Case {
         name: "kick",
@@ -446,7 +455,7 @@ fn vcpus_at_once(hv: &dyn Hypervisor) -> CaseResult {
         threads.push(std::thread::spawn(move || {
             let io = Recorder::default();
             barrier.wait();
-            let r = run_vcpu(&mut *vcpu, &io, |_| Ok(()));
+            let r = run_vcpu(&mut *vcpu, &io, |_| Ok(false));
             (r.map(|exits| exits.len()), io.accesses())
         }));
     }
@@ -465,4 +474,92 @@ fn vcpus_at_once(hv: &dyn Hypervisor) -> CaseResult {
         })?;
     }
     Ok(())
+}
+
+fn msi_irqfd(hv: &dyn Hypervisor) -> CaseResult {
+    const VECTOR: u8 = 0x40;
+    const READY: u16 = 0x512;
+    const IRQ: u16 = 0x511;
+    const LAPIC: u64 = 0xfee0_0000;
+    let mut main = Asm::default();
+    main.mov_rax(LAPIC + 0xf0)
+        .store_imm32_at_rax(0x1ff) // spurious vector register: software-enable the LAPIC
+        .mov_dx(READY)
+        .out_dx(1)
+        .sti()
+        .halt_loop();
+    let isr_at = CODE + 0x800;
+    let mut isr = Asm::default();
+    isr.mov_dx(IRQ)
+        .out_dx(1)
+        .mov_rax(LAPIC + 0xb0)
+        .store_imm32_at_rax(0) // EOI
+        .iretq();
+    let mut g = Guest::new(hv, &main.0, 1, true)?;
+    g.ram.write(isr_at, &isr.0);
+    g.ram
+        .write(IDT + u64::from(VECTOR) * 16, &interrupt_gate(isr_at));
+    let chip = g.chip.clone().expect("asked for an interrupt controller");
+    let gsi = chip.pin_count();
+    let msi = MsiMessage {
+        address: LAPIC,
+        data: VECTOR.into(),
+        devid: None,
+    };
+    step(
+        "set an MSI route",
+        chip.set_msi_routes(&[IrqRoute::Msi { gsi, msi }]),
+    )?;
+    let evt = step("eventfd", EventFd::new(libc::EFD_NONBLOCK))?;
+    step("register the irqfd", chip.register_irqfd(&evt, gsi))?;
+    let io = Recorder::default();
+    // Signalled once the guest is ready. After the first interrupt the irqfd is deassigned,
+    // signalled and reassigned (what MSI-X masking does): the pending signal must arrive on
+    // reassignment. After the second, a plain signal once more.
+    let last_was_irq = |io: &Recorder| {
+        io.accesses()
+            .last()
+            .is_some_and(|a| a.addr == u64::from(IRQ))
+    };
+    let mut signalled_ready = false;
+    let exits = run_vcpu(&mut *g.vcpus[0], &io, |io| {
+        let signal = || step("signal the irqfd", evt.write(1));
+        if io.writes_to(READY) == 1 && !signalled_ready {
+            signalled_ready = true;
+            signal()?;
+        }
+        match io.writes_to(IRQ) {
+            1 if last_was_irq(io) => {
+                step("deassign the irqfd", chip.unregister_irqfd(&evt, gsi))?;
+                signal()?;
+                step("reassign the irqfd", chip.register_irqfd(&evt, gsi))?;
+            }
+            2 if last_was_irq(io) => signal()?,
+            _ => {}
+        }
+        Ok(io.writes_to(IRQ) >= 3)
+    });
+    let exits = exits.map_err(|o| match o {
+        Outcome::Fail(why) => Outcome::Fail(format!(
+            "{} of 3 interrupts arrived: {why}",
+            io.writes_to(IRQ)
+        )),
+        o => o,
+    })?;
+    check(exits.is_empty(), || format!("the guest stopped: {exits:?}"))?;
+    let _ = chip.unregister_irqfd(&evt, gsi);
+    check(io.writes_to(IRQ) == 3, || {
+        format!("{} interrupts, want 3", io.writes_to(IRQ))
+    })
+}
+
+/// A 64-bit interrupt gate to `handler` in the kit's code segment.
+fn interrupt_gate(handler: u64) -> [u8; 16] {
+    let mut e = [0u8; 16];
+    e[0..2].copy_from_slice(&(handler as u16).to_le_bytes());
+    e[2..4].copy_from_slice(&0x08u16.to_le_bytes());
+    e[5] = 0x8e; // present, DPL 0, interrupt gate
+    e[6..8].copy_from_slice(&((handler >> 16) as u16).to_le_bytes());
+    e[8..12].copy_from_slice(&((handler >> 32) as u32).to_le_bytes());
+    e
 }

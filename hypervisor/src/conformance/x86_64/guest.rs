@@ -8,7 +8,7 @@ use super::super::guest_ram::GuestRam;
 use super::super::recorder::Recorder;
 use super::super::{step, Outcome};
 use crate::arch::{DescriptorTable, Regs, Segment, Sregs};
-use crate::{Hypervisor, Kicker, MemoryRegion, Vcpu, VcpuExit, Vm};
+use crate::{Hypervisor, IrqChip, Kicker, MemoryRegion, Vcpu, VcpuExit, Vm};
 
 pub const RAM_SIZE: u64 = 2 << 20;
 const GDT: u64 = 0x500;
@@ -53,6 +53,8 @@ fn segment(selector: u16, type_: u8, l: bool, s: bool) -> Segment {
 
 pub struct Guest {
     pub vm: Arc<dyn Vm>,
+    /// The in-kernel interrupt controller, when asked for.
+    pub chip: Option<Arc<dyn IrqChip>>,
     pub vcpus: Vec<Box<dyn Vcpu>>,
     /// After `vm`: dropped once the VM is gone.
     pub ram: GuestRam,
@@ -107,11 +109,12 @@ impl Guest {
             )?;
             all.push(vcpu);
         }
-        if let Some(chip) = chip {
+        if let Some(chip) = &chip {
             step("finalize the interrupt controller", chip.finalize())?;
         }
         Ok(Guest {
             vm,
+            chip,
             vcpus: all,
             ram,
         })
@@ -119,17 +122,17 @@ impl Guest {
 
     /// Runs vCPU 0 until the guest writes the done port. See [`run_vcpu`].
     pub fn run(&mut self, io: &Recorder) -> Result<Vec<VcpuExit>, Outcome> {
-        run_vcpu(&mut *self.vcpus[0], io, |_| Ok(()))
+        run_vcpu(&mut *self.vcpus[0], io, |_| Ok(false))
     }
 }
 
-/// Runs `vcpu` until the guest writes the done port, halts or stops; returns every non-I/O
-/// exit on the way (the last one ends the run unless it was I/O). `after_io` runs after each
-/// I/O exit. A guest still running after a few seconds is kicked out: FAIL.
+/// Runs `vcpu` until the guest writes the done port, halts or stops, or `after_io` (called
+/// after each I/O exit) says it is finished; returns the exit that ended the run unless it was
+/// I/O. A guest still running after a few seconds is kicked out: FAIL.
 pub fn run_vcpu(
     vcpu: &mut dyn Vcpu,
     io: &Recorder,
-    mut after_io: impl FnMut(&Recorder) -> Result<(), Outcome>,
+    mut after_io: impl FnMut(&Recorder) -> Result<bool, Outcome>,
 ) -> Result<Vec<VcpuExit>, Outcome> {
     let watchdog = Watchdog::start(RUN_TIMEOUT);
     let start = Instant::now();
@@ -137,8 +140,7 @@ pub fn run_vcpu(
     loop {
         match step("run", vcpu.run(io))? {
             VcpuExit::Io => {
-                after_io(io)?;
-                if io.done() {
+                if after_io(io)? || io.done() {
                     return Ok(exits);
                 }
             }
