@@ -3,6 +3,7 @@
 //! nothing of hypervisors, threads or processes. The VMM wires it.
 
 pub mod bus;
+pub mod irqchip;
 pub mod legacy;
 pub mod pci;
 pub mod ratelimit;
