@@ -8,7 +8,7 @@ use super::asm::Asm;
 use super::guest::{run_vcpu, Guest, CODE, DATA, IDT, MMIO, RAM_SIZE};
 use crate::arch::Regs;
 use crate::conformance::guest_ram::GuestRam;
-use crate::conformance::recorder::{Access, AccessKind::*, Recorder};
+use crate::conformance::recorder::{Access, AccessKind, AccessKind::*, Recorder};
 use crate::conformance::{check, step, Case, CaseResult, Outcome};
 use crate::{
     Datamatch, EventFd, Hypervisor, IoEventAddress, IrqRoute, Kicker, MemoryRegion, MsiMessage,
@@ -127,6 +127,25 @@ fn port_out(hv: &dyn Hypervisor) -> CaseResult {
     expect_accesses(&io.accesses(), &want)
 }
 
+/// For guests that read once per width and store each result zero-extended to `slot` bytes:
+/// the reads the handler must see (read `n` is `at(n)`) and the bytes the guest must store.
+fn reads_and_stores(
+    widths: &[usize],
+    slot: usize,
+    at: impl Fn(usize) -> (AccessKind, u64),
+) -> (Vec<Access>, Vec<u8>) {
+    let mut want = Vec::new();
+    let mut stored = Vec::new();
+    for (n, &w) in widths.iter().enumerate() {
+        let ans = Recorder::answer(n as u8, w);
+        let (kind, addr) = at(n);
+        want.push(Access::new(kind, addr, &ans));
+        stored.extend(&ans);
+        stored.resize(stored.len() + slot - w, 0);
+    }
+    (want, stored)
+}
+
 fn port_in(hv: &dyn Hypervisor) -> CaseResult {
     let mut a = Asm::default();
     a.mov_dx(PORT);
@@ -138,15 +157,7 @@ fn port_in(hv: &dyn Hypervisor) -> CaseResult {
     let mut g = Guest::new(hv, &a.done().0, 1, false)?;
     let io = Recorder::default();
     run_to_done(&mut g, &io)?;
-    let mut want = Vec::new();
-    let mut stored = Vec::new();
-    for (n, w) in WIDTHS.into_iter().enumerate() {
-        let ans = Recorder::answer(n as u8, w);
-        want.push(Access::new(PioRead, PORT.into(), &ans));
-        let mut word = ans.clone();
-        word.resize(4, 0);
-        stored.extend(word);
-    }
+    let (want, stored) = reads_and_stores(&WIDTHS, 4, |_| (PioRead, PORT.into()));
     expect_accesses(&io.accesses(), &want)?;
     let got = g.ram.read(DATA, stored.len());
     check(got == stored, || {
@@ -249,15 +260,7 @@ fn mmio_read(hv: &dyn Hypervisor) -> CaseResult {
     let mut g = Guest::new(hv, &a.done().0, 1, false)?;
     let io = Recorder::default();
     run_to_done(&mut g, &io)?;
-    let mut want = Vec::new();
-    let mut stored = Vec::new();
-    for (n, w) in MMIO_WIDTHS.into_iter().enumerate() {
-        let ans = Recorder::answer(n as u8, w);
-        want.push(Access::new(MmioRead, MMIO + n as u64 * 0x10, &ans));
-        let mut q = ans.clone();
-        q.resize(8, 0);
-        stored.extend(q);
-    }
+    let (want, stored) = reads_and_stores(&MMIO_WIDTHS, 8, |n| (MmioRead, MMIO + n as u64 * 0x10));
     expect_accesses(&io.accesses(), &want)?;
     let got = g.ram.read(DATA, stored.len());
     check(got == stored, || {
