@@ -18,6 +18,10 @@ pub enum Error {
     MissingCapability(&'static str),
     #[error("no hypervisor backend was built into berth")]
     NoBackend,
+    #[error("no hypervisor backend could be opened: {0}")]
+    NoUsableBackend(String),
+    #[error("the {0} backend was not built into this berth (rebuild with its cargo feature)")]
+    NotBuilt(crate::HypervisorKind),
     #[error("{op} failed: {source}")]
     Ioctl {
         op: &'static str,

@@ -173,12 +173,50 @@ pub fn install_kick_handler() -> Result<()> {
     vmm_sys_util::signal::register_signal_handler(kick_signal(), noop).map_err(Error::Signal)
 }
 
-/// Opens the hypervisor named by `kind`, or the best available one for `None` ("auto").
+/// The backends built into berth, in the order `open(None)` tries them.
+const BACKENDS: &[HypervisorKind] = &[
+    #[cfg(feature = "kvm")]
+    HypervisorKind::Kvm,
+];
+
+/// Opens the hypervisor named by `kind`, or for `None` ("auto") the first built-in backend
+/// that opens, saying which it chose and why it skipped the ones before.
 pub fn open(kind: Option<HypervisorKind>) -> Result<Arc<dyn Hypervisor>> {
+    let Some(kind) = kind else {
+        let mut skipped = Vec::new();
+        for &k in BACKENDS {
+            match open_backend(k) {
+                Ok(hv) => {
+                    if skipped.is_empty() {
+                        log::debug!("hypervisor: {k}");
+                    } else {
+                        log::info!("hypervisor: {k}; skipped {}", list(&skipped));
+                    }
+                    return Ok(hv);
+                }
+                Err(e) => skipped.push((k, e)),
+            }
+        }
+        // One backend: its own error, which names its own fix.
+        return match skipped.len() {
+            0 => Err(Error::NoBackend),
+            1 => Err(skipped.remove(0).1),
+            _ => Err(Error::NoUsableBackend(list(&skipped))),
+        };
+    };
+    open_backend(kind)
+}
+
+fn list(skipped: &[(HypervisorKind, Error)]) -> String {
+    let parts: Vec<String> = skipped.iter().map(|(k, e)| format!("{k}: {e}")).collect();
+    parts.join("; ")
+}
+
+fn open_backend(kind: HypervisorKind) -> Result<Arc<dyn Hypervisor>> {
     match kind {
         #[cfg(feature = "kvm")]
-        Some(HypervisorKind::Kvm) | None => Ok(Arc::new(kvm::KvmHypervisor::new()?)),
+        HypervisorKind::Kvm => Ok(Arc::new(kvm::KvmHypervisor::new()?)),
         #[cfg(not(feature = "kvm"))]
-        _ => Err(Error::NoBackend),
+        HypervisorKind::Kvm => Err(Error::NotBuilt(kind)),
     }
 }
