@@ -99,6 +99,10 @@ pub trait Vm: VmArch + Send + Sync {
     /// unmapped or remapped, for as long as the VM exists.
     unsafe fn add_memory_region(&self, region: MemoryRegion) -> Result<()>;
 
+    /// Unmaps the region added with this slot number; the guest's accesses there exit as MMIO
+    /// again, and the host mapping may then go.
+    fn remove_memory_region(&self, region: MemoryRegion) -> Result<()>;
+
     /// Creates the platform interrupt controller (on x86_64 the PIC/IOAPIC/LAPIC model and the
     /// PIT; on aarch64 the GIC, v3 or else v2). Call once, before creating vCPUs; call
     /// [`IrqChip::finalize`] once they all exist.

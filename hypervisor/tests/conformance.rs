@@ -132,6 +132,9 @@ impl Vm for CountlessVm {
         // SAFETY: the caller's guarantee is passed on unchanged.
         unsafe { self.0.add_memory_region(region) }
     }
+    fn remove_memory_region(&self, region: MemoryRegion) -> Result<()> {
+        self.0.remove_memory_region(region)
+    }
     fn create_irq_chip(&self, config: &IrqChipConfig) -> Result<Arc<dyn IrqChip>> {
         self.0.create_irq_chip(config)
     }

@@ -126,6 +126,21 @@ impl Vm for KvmVm {
             .map_err(|e| Error::ioctl("KVM_SET_USER_MEMORY_REGION", e))
     }
 
+    fn remove_memory_region(&self, region: MemoryRegion) -> Result<()> {
+        // A slot of size 0 deletes it.
+        let mem = kvm_userspace_memory_region {
+            slot: region.slot,
+            flags: 0,
+            guest_phys_addr: region.guest_addr,
+            memory_size: 0,
+            userspace_addr: region.host_addr,
+        };
+        // SAFETY: deleting a slot makes KVM drop its reference to the host mapping; no host
+        // memory is handed over.
+        unsafe { self.fd.set_user_memory_region(mem) }
+            .map_err(|e| Error::ioctl("KVM_SET_USER_MEMORY_REGION (delete)", e))
+    }
+
     fn create_irq_chip(&self, config: &IrqChipConfig) -> Result<Arc<dyn IrqChip>> {
         let arch = self.arch_create_irq_chip(config)?;
         Ok(Arc::new(KvmIrqChip {
