@@ -72,6 +72,16 @@ pub static CASES: &[Case] = &[
         run: special_registers,
     },
     Case {
+        name: "msrs",
+        what: "the MSRs berth sets at boot are read back as set",
+        run: msrs,
+    },
+    Case {
+        name: "lapic-state",
+        what: "the in-kernel LAPIC's LVT0/LVT1 and TPR set are read back as set",
+        run: lapic_state,
+    },
+    Case {
         name: "ioeventfd",
         what: "ioeventfds (port; MMIO with a 4-byte datamatch) signal without exiting",
         run: ioeventfd,
@@ -665,6 +675,60 @@ fn special_registers(hv: &dyn Hypervisor) -> CaseResult {
         format!(
             "FPU set fcw {:#x} xmm0 {:x?}, read back fcw {:#x} xmm0 {:x?}",
             fpu.fcw, fpu.xmm[0], f.fcw, f.xmm[0]
+        )
+    })
+}
+
+fn msrs(hv: &dyn Hypervisor) -> CaseResult {
+    use crate::arch::Msr;
+    let g = Guest::new(hv, &Asm::default().done().0, 1, false)?;
+    // SYSENTER_CS/ESP/EIP, STAR, LSTAR, CSTAR, SFMASK, KERNEL_GS_BASE: plain storage MSRs.
+    let set: Vec<Msr> = [
+        0x174,
+        0x175,
+        0x176,
+        0xc000_0081,
+        0xc000_0082,
+        0xc000_0083,
+        0xc000_0084,
+        0xc000_0102,
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, index)| Msr {
+        index,
+        value: 0x1000 * (i as u64 + 1),
+    })
+    .collect();
+    step("set_msrs", g.vcpus[0].set_msrs(&set))?;
+    let mut back: Vec<Msr> = set
+        .iter()
+        .map(|m| Msr {
+            index: m.index,
+            value: 0,
+        })
+        .collect();
+    step("get_msrs", g.vcpus[0].get_msrs(&mut back))?;
+    check(back == set, || format!("set {set:x?}, read back {back:x?}"))
+}
+
+fn lapic_state(hv: &dyn Hypervisor) -> CaseResult {
+    const TPR: usize = 0x80;
+    const LVT0: usize = 0x350;
+    const LVT1: usize = 0x360;
+    let g = Guest::new(hv, &Asm::default().done().0, 1, true)?;
+    let vcpu = &g.vcpus[0];
+    let mut lapic = step("get_lapic", vcpu.get_lapic())?;
+    lapic.set(TPR, 0x20);
+    lapic.set(LVT0, 0x700); // ExtINT, as berth sets it
+    lapic.set(LVT1, 0x400); // NMI
+    step("set_lapic", vcpu.set_lapic(&lapic))?;
+    let back = step("get_lapic", vcpu.get_lapic())?;
+    let regs = |l: &crate::arch::LapicState| (l.get(TPR), l.get(LVT0), l.get(LVT1));
+    check(regs(&back) == (0x20, 0x700, 0x400), || {
+        format!(
+            "TPR, LVT0, LVT1 read back as {:x?}, want (0x20, 0x700, 0x400)",
+            regs(&back)
         )
     })
 }
