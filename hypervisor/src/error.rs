@@ -29,6 +29,8 @@ pub enum Error {
     },
     #[error("installing the vCPU kick signal handler failed: {0}")]
     Signal(vmm_sys_util::errno::Error),
+    #[error("not available: {0}")]
+    Unsupported(&'static str),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 }

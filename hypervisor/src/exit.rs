@@ -12,6 +12,9 @@ pub enum VcpuExit {
     System(SystemEvent),
     /// The vCPU shut down on its own (x86: a triple fault); platforms treat it as a reset.
     Shutdown,
+    /// The guest ended a level-triggered interrupt with this vector; only with
+    /// [`crate::arch::IrqChipMode::Split`] (x86_64), for the VMM's IOAPIC.
+    IoapicEoi { vector: u8 },
     /// Another thread kicked the vCPU (signal); check for requests and run again.
     Interrupted,
     /// The hypervisor could not run the guest any further: `code` is the backend's reason

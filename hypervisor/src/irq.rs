@@ -55,6 +55,8 @@ pub trait IrqChip: IrqChipArch + Send + Sync {
     fn unregister_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<()>;
     /// Replaces the MSI part of the routing table; pin routes stay as the platform set them.
     fn set_msi_routes(&self, routes: &[IrqRoute]) -> Result<()>;
+    /// Sends one MSI now (a user-space interrupt controller's output).
+    fn signal_msi(&self, msi: MsiMessage) -> Result<()>;
     /// Completes the controller once every vCPU exists and before any runs or any irqfd is
     /// registered (the aarch64 GIC is initialised here; x86_64 has nothing to do).
     fn finalize(&self) -> Result<()> {

@@ -140,10 +140,23 @@ pub trait HypervisorArch {
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>>;
 }
 
-/// What the x86_64 interrupt controller needs at creation: nothing, the PIC, IOAPIC and LAPIC
-/// sit at their architectural places.
+/// Where the x86_64 interrupt controllers run. They sit at their architectural places.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct IrqChipConfig;
+pub struct IrqChipConfig {
+    pub mode: IrqChipMode,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IrqChipMode {
+    /// PIC, IOAPIC, LAPICs and PIT in the hypervisor.
+    #[default]
+    Kernel,
+    /// Only the LAPICs in the hypervisor. The VMM runs the IOAPIC: it programs an MSI route per
+    /// pin (GSIs below `pin_count` stay reserved for that), sends MSIs with
+    /// [`crate::IrqChip::signal_msi`], and sees the guest's EOI of a level-triggered pin's
+    /// vector as [`crate::VcpuExit::IoapicEoi`]. `set_irq_line` is not available. No PIT.
+    Split,
+}
 
 /// x86_64 parts of [`crate::IrqChip`]: none.
 pub trait IrqChipArch {}

@@ -113,6 +113,13 @@ fn handle_exit(cpu: u32, exit: VcpuExit) -> Option<VmEvent> {
         // With the interrupt controller in the hypervisor a halt never reaches us; if a backend
         // reports one, running again waits in the hypervisor for the next interrupt.
         VcpuExit::Io | VcpuExit::Halt | VcpuExit::Interrupted => {}
+        // Only in split irqchip mode, which berth's VMM does not use yet.
+        VcpuExit::IoapicEoi { vector } => {
+            log_limited!(
+                log::Level::Debug,
+                "IOAPIC EOI of vector {vector:#x} ignored"
+            );
+        }
         VcpuExit::System(ev) => return Some(VmEvent::System(ev)),
         VcpuExit::Shutdown => return Some(VmEvent::System(SystemEvent::Reset)),
         VcpuExit::InternalError { code, what } => {

@@ -20,7 +20,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, VcpuExit as KvmExit, VcpuFd, VmFd};
 
 use crate::arch::IrqChipConfig;
-use crate::irq::{Datamatch, IoEventAddress, IrqChip, IrqRoute};
+use crate::irq::{Datamatch, IoEventAddress, IrqChip, IrqRoute, MsiMessage};
 use crate::{
     Error, EventFd, Hypervisor, HypervisorKind, IoHandler, MemoryRegion, Result, SystemEvent, Vcpu,
     VcpuExit, Vm,
@@ -268,6 +268,23 @@ impl IrqChip for KvmIrqChip {
             .map_err(|e| Error::ioctl("KVM_SET_GSI_ROUTING", e))
     }
 
+    fn signal_msi(&self, msi: MsiMessage) -> Result<()> {
+        let mut m = kvm_bindings::kvm_msi {
+            address_lo: msi.address as u32,
+            address_hi: (msi.address >> 32) as u32,
+            data: msi.data,
+            ..Default::default()
+        };
+        if let Some(devid) = msi.devid {
+            m.flags = KVM_MSI_VALID_DEVID;
+            m.devid = devid;
+        }
+        self.vm
+            .signal_msi(m)
+            .map(|_| ())
+            .map_err(|e| Error::ioctl("KVM_SIGNAL_MSI", e))
+    }
+
     fn finalize(&self) -> Result<()> {
         self.arch.finalize()
     }
@@ -315,6 +332,7 @@ impl Vcpu for KvmVcpu {
                     VcpuExit::Io
                 }
                 KvmExit::Hlt => VcpuExit::Halt,
+                KvmExit::IoapicEoi(vector) => VcpuExit::IoapicEoi { vector },
                 // x86: a triple fault; the guest wants a reset (Linux's last-resort reboot).
                 KvmExit::Shutdown => VcpuExit::Shutdown,
                 KvmExit::SystemEvent(kind, _) => match kind {

@@ -1,18 +1,18 @@
 //! x86_64 half of the KVM backend: VM platform setup and register conversions.
 
 use kvm_bindings::{
-    kvm_cpuid_entry2, kvm_dtable, kvm_fpu, kvm_irq_routing_entry, kvm_lapic_state, kvm_msr_entry,
-    kvm_pit_config, kvm_regs, kvm_segment, kvm_sregs, CpuId, Msrs, KVM_IRQCHIP_IOAPIC,
-    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_MAX_CPUID_ENTRIES,
-    KVM_PIT_SPEAKER_DUMMY,
+    kvm_cpuid_entry2, kvm_dtable, kvm_enable_cap, kvm_fpu, kvm_irq_routing_entry, kvm_lapic_state,
+    kvm_msr_entry, kvm_pit_config, kvm_regs, kvm_segment, kvm_sregs, CpuId, Msrs,
+    KVM_CAP_SPLIT_IRQCHIP, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_IRQ_ROUTING_IRQCHIP, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 
-use kvm_ioctls::VcpuFd;
+use kvm_ioctls::{Cap, VcpuFd};
 
 use super::{KvmHypervisor, KvmIrqChip, KvmVcpu, KvmVm};
 use crate::x86_64::{
-    CpuidEntry, DescriptorTable, Fpu, HypervisorArch, IrqChipArch, IrqChipConfig, LapicState, Msr,
-    Regs, Segment, Sregs, VcpuArch, VmArch,
+    CpuidEntry, DescriptorTable, Fpu, HypervisorArch, IrqChipArch, IrqChipConfig, IrqChipMode,
+    LapicState, Msr, Regs, Segment, Sregs, VcpuArch, VmArch,
 };
 use crate::{Error, Result};
 
@@ -39,7 +39,22 @@ impl KvmVm {
         Ok(())
     }
 
-    pub(super) fn arch_create_irq_chip(&self, _config: &IrqChipConfig) -> Result<ArchIrqChip> {
+    pub(super) fn arch_create_irq_chip(&self, config: &IrqChipConfig) -> Result<ArchIrqChip> {
+        if config.mode == IrqChipMode::Split {
+            if !self.fd.check_extension(Cap::SplitIrqchip) {
+                return Err(Error::MissingCapability("KVM_CAP_SPLIT_IRQCHIP"));
+            }
+            // args[0]: the GSIs reserved for the VMM's IOAPIC pins. No PIT: KVM's needs its PIC.
+            let cap = kvm_enable_cap {
+                cap: KVM_CAP_SPLIT_IRQCHIP,
+                args: [u64::from(PIN_COUNT), 0, 0, 0],
+                ..Default::default()
+            };
+            self.fd
+                .enable_cap(&cap)
+                .map_err(|e| Error::ioctl("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)", e))?;
+            return Ok(ArchIrqChip { split: true });
+        }
         self.fd
             .create_irq_chip()
             .map_err(|e| Error::ioctl("KVM_CREATE_IRQCHIP", e))?;
@@ -51,27 +66,39 @@ impl KvmVm {
         self.fd
             .create_pit2(pit)
             .map_err(|e| Error::ioctl("KVM_CREATE_PIT2", e))?;
-        Ok(ArchIrqChip)
+        Ok(ArchIrqChip { split: false })
     }
 }
 
 impl VmArch for KvmVm {}
 
-/// The x86_64 half of [`KvmIrqChip`]: the PIC/IOAPIC model lives in KVM, nothing to keep.
-pub(super) struct ArchIrqChip;
+/// The x86_64 half of [`KvmIrqChip`]: the PIC/IOAPIC model lives in KVM unless `split`.
+pub(super) struct ArchIrqChip {
+    split: bool,
+}
 
 impl ArchIrqChip {
     pub(super) fn pin_count(&self) -> u32 {
         PIN_COUNT
     }
 
-    /// KVM_IRQ_LINE takes the GSI as it is on x86_64.
+    /// KVM_IRQ_LINE takes the GSI as it is on x86_64; in split mode there is no line to drive.
     pub(super) fn irq_line_number(&self, gsi: u32) -> Result<u32> {
+        if self.split {
+            return Err(Error::Unsupported(
+                "interrupt lines in split irqchip mode (the VMM's IOAPIC drives them)",
+            ));
+        }
         Ok(gsi)
     }
 
+    /// In split mode the pin GSIs carry the VMM's MSI routes, so KVM keeps no pin routes.
     pub(super) fn pin_routes(&self) -> Vec<kvm_irq_routing_entry> {
-        pin_routes()
+        if self.split {
+            Vec::new()
+        } else {
+            pin_routes()
+        }
     }
 
     pub(super) fn irqchip_for(&self, _pin: u32) -> u32 {

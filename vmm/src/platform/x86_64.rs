@@ -56,7 +56,7 @@ impl Trigger for EventTrigger {
 
 /// The PIC/IOAPIC/LAPIC need no placement.
 pub fn irq_chip_config(_cpus: u32) -> IrqChipConfig {
-    IrqChipConfig
+    IrqChipConfig::default()
 }
 
 pub fn pci_layout(mem_size: u64, _irqchip: &dyn IrqChip) -> PciLayout {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::asm::Asm;
 use super::guest::{run_vcpu, Guest, CODE, DATA, IDT, MMIO, RAM_SIZE};
-use crate::arch::Regs;
+use crate::arch::{IrqChipMode, Regs};
 use crate::conformance::guest_ram::GuestRam;
 use crate::conformance::recorder::{Access, AccessKind, AccessKind::*, Recorder};
 use crate::conformance::{check, step, Case, CaseResult, Outcome};
@@ -93,6 +93,16 @@ pub static CASES: &[Case] = &[
         run: msi_irqfd,
     },
     Case {
+        name: "msi-irqfd-split",
+        what: "the same with the split interrupt controller (LAPICs in the hypervisor only)",
+        run: msi_irqfd_split,
+    },
+    Case {
+        name: "split-ioapic-eoi",
+        what: "split mode: signal_msi delivers; a level pin route's EOI exits as IoapicEoi",
+        run: split_ioapic_eoi,
+    },
+    Case {
         name: "kick",
         what: "a kick brings a spinning vCPU out of run",
         run: kick,
@@ -131,7 +141,7 @@ fn port_out(hv: &dyn Hypervisor) -> CaseResult {
     for w in WIDTHS {
         a.mov_eax(0x4433_2211 + w as u32).out_dx(w);
     }
-    let mut g = Guest::new(hv, &a.done().0, 1, false)?;
+    let mut g = Guest::new(hv, &a.done().0, 1, None)?;
     let io = Recorder::default();
     run_to_done(&mut g, &io)?;
     let want: Vec<Access> = WIDTHS
@@ -174,7 +184,7 @@ fn port_in(hv: &dyn Hypervisor) -> CaseResult {
             .in_dx(w)
             .store_rax(4, (DATA + i as u64 * 4) as u32);
     }
-    let mut g = Guest::new(hv, &a.done().0, 1, false)?;
+    let mut g = Guest::new(hv, &a.done().0, 1, None)?;
     let io = Recorder::default();
     run_to_done(&mut g, &io)?;
     let (want, stored) = reads_and_stores(&WIDTHS, 4, |_| (PioRead, PORT.into()));
@@ -196,7 +206,7 @@ fn string_out(hv: &dyn Hypervisor) -> CaseResult {
             .mov_rcx(COUNT)
             .rep_outs(w);
     }
-    let mut g = Guest::new(hv, &a.done().0, 1, false)?;
+    let mut g = Guest::new(hv, &a.done().0, 1, None)?;
     let source: Vec<u8> = (0..=255).collect();
     let mut want = Vec::new();
     for (i, w) in WIDTHS.into_iter().enumerate() {
@@ -222,7 +232,7 @@ fn string_in(hv: &dyn Hypervisor) -> CaseResult {
             .mov_rcx(COUNT)
             .rep_ins(w);
     }
-    let mut g = Guest::new(hv, &a.done().0, 1, false)?;
+    let mut g = Guest::new(hv, &a.done().0, 1, None)?;
     let io = Recorder::default();
     run_to_done(&mut g, &io)?;
     let mut want = Vec::new();
@@ -252,7 +262,7 @@ fn mmio_write(hv: &dyn Hypervisor) -> CaseResult {
     for (i, w) in MMIO_WIDTHS.into_iter().enumerate() {
         a.mov_rax(MMIO + i as u64 * 0x10).store_rbx_at_rax(w);
     }
-    let mut g = Guest::new(hv, &a.done().0, 1, false)?;
+    let mut g = Guest::new(hv, &a.done().0, 1, None)?;
     let io = Recorder::default();
     run_to_done(&mut g, &io)?;
     let want: Vec<Access> = MMIO_WIDTHS
@@ -277,7 +287,7 @@ fn mmio_read(hv: &dyn Hypervisor) -> CaseResult {
             .load_rbx_from_rax(w)
             .store_rbx(8, (DATA + i as u64 * 8) as u32);
     }
-    let mut g = Guest::new(hv, &a.done().0, 1, false)?;
+    let mut g = Guest::new(hv, &a.done().0, 1, None)?;
     let io = Recorder::default();
     run_to_done(&mut g, &io)?;
     let (want, stored) = reads_and_stores(&MMIO_WIDTHS, 8, |n| (MmioRead, MMIO + n as u64 * 0x10));
@@ -291,7 +301,7 @@ fn mmio_read(hv: &dyn Hypervisor) -> CaseResult {
 fn halt(hv: &dyn Hypervisor) -> CaseResult {
     let mut a = Asm::default();
     a.hlt().done();
-    let mut g = Guest::new(hv, &a.0, 1, false)?;
+    let mut g = Guest::new(hv, &a.0, 1, None)?;
     let io = Recorder::default();
     let exits = g.run(&io)?;
     check(matches!(exits.as_slice(), [VcpuExit::Halt]), || {
@@ -303,7 +313,7 @@ fn halt(hv: &dyn Hypervisor) -> CaseResult {
 }
 
 fn registers(hv: &dyn Hypervisor) -> CaseResult {
-    let g = Guest::new(hv, &Asm::default().done().0, 1, false)?;
+    let g = Guest::new(hv, &Asm::default().done().0, 1, None)?;
     let v = |i: u64| 0x0101_0101_0101_0101u64.wrapping_mul(i);
     let regs = Regs {
         rax: v(1),
@@ -340,7 +350,7 @@ fn read_only_slot(hv: &dyn Hypervisor) -> CaseResult {
         .store_rbx(4, DATA as u32)
         .mov_rbx(0xdead_beef)
         .store_rbx_at_rax(4);
-    let mut g = Guest::new(hv, &a.done().0, 1, false)?;
+    let mut g = Guest::new(hv, &a.done().0, 1, None)?;
     let mut ro = step("map the read-only slot", GuestRam::new(4096))?;
     ro.write(0, &0x1122_3344u32.to_le_bytes());
     let region = MemoryRegion {
@@ -386,7 +396,7 @@ fn ioeventfd(hv: &dyn Hypervisor) -> CaseResult {
         .store_rbx_at_rax(4) // datamatch 7: no exit
         .mov_rbx(8)
         .store_rbx_at_rax(4); // not 7: exits
-    let mut g = Guest::new(hv, &a.done().0, 1, false)?;
+    let mut g = Guest::new(hv, &a.done().0, 1, None)?;
     let port_evt = step("eventfd", EventFd::new(libc::EFD_NONBLOCK))?;
     let mmio_evt = step("eventfd", EventFd::new(libc::EFD_NONBLOCK))?;
     step(
@@ -419,7 +429,7 @@ fn ioeventfd(hv: &dyn Hypervisor) -> CaseResult {
 }
 
 fn kick(hv: &dyn Hypervisor) -> CaseResult {
-    let mut g = Guest::new(hv, &Asm::default().spin().0, 1, false)?;
+    let mut g = Guest::new(hv, &Asm::default().spin().0, 1, None)?;
     let kicker = Kicker::for_current_thread();
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let kicks = std::thread::spawn(move || {
@@ -441,7 +451,7 @@ fn kick(hv: &dyn Hypervisor) -> CaseResult {
 }
 
 fn triple_fault(hv: &dyn Hypervisor) -> CaseResult {
-    let mut g = Guest::new(hv, &Asm::default().ud2().done().0, 1, false)?;
+    let mut g = Guest::new(hv, &Asm::default().ud2().done().0, 1, None)?;
     let mut s = step("get_sregs", g.vcpus[0].get_sregs())?;
     s.idt.limit = 0; // every exception faults again: #UD, #DF, shutdown
     step("set_sregs", g.vcpus[0].set_sregs(&s))?;
@@ -466,7 +476,7 @@ fn vcpus_at_once(hv: &dyn Hypervisor) -> CaseResult {
     a.mov_dx(PORT);
     let body = Asm::default().out_dx(1).0.len();
     a.out_dx(1).loop_back(body).done();
-    let mut g = Guest::new(hv, &a.0, N, false)?;
+    let mut g = Guest::new(hv, &a.0, N, None)?;
     let barrier = Arc::new(Barrier::new(N as usize));
     let mut threads = Vec::new();
     for (id, mut vcpu) in g.vcpus.drain(..).enumerate() {
@@ -499,11 +509,18 @@ fn vcpus_at_once(hv: &dyn Hypervisor) -> CaseResult {
     Ok(())
 }
 
-fn msi_irqfd(hv: &dyn Hypervisor) -> CaseResult {
-    const VECTOR: u8 = 0x40;
-    const READY: u16 = 0x512;
-    const IRQ: u16 = 0x511;
-    const LAPIC: u64 = 0xfee0_0000;
+const READY: u16 = 0x512;
+/// Interrupt handlers write their vector here.
+const IRQ: u16 = 0x511;
+const LAPIC: u64 = 0xfee0_0000;
+
+/// A guest that enables its LAPIC, writes READY, and waits for interrupts with a handler for
+/// each of `vectors` (each writes its vector to IRQ, EOIs and returns).
+fn interrupt_guest(
+    hv: &dyn Hypervisor,
+    mode: IrqChipMode,
+    vectors: &[u8],
+) -> Result<Guest, Outcome> {
     let mut main = Asm::default();
     main.mov_rax(LAPIC + 0xf0)
         .store_imm32_at_rax(0x1ff) // spurious vector register: software-enable the LAPIC
@@ -511,17 +528,42 @@ fn msi_irqfd(hv: &dyn Hypervisor) -> CaseResult {
         .out_dx(1)
         .sti()
         .halt_loop();
-    let isr_at = CODE + 0x800;
-    let mut isr = Asm::default();
-    isr.mov_dx(IRQ)
-        .out_dx(1)
-        .mov_rax(LAPIC + 0xb0)
-        .store_imm32_at_rax(0) // EOI
-        .iretq();
-    let mut g = Guest::new(hv, &main.0, 1, true)?;
-    g.ram.write(isr_at, &isr.0);
-    g.ram
-        .write(IDT + u64::from(VECTOR) * 16, &interrupt_gate(isr_at));
+    let mut g = Guest::new(hv, &main.0, 1, Some(mode))?;
+    for (i, &v) in vectors.iter().enumerate() {
+        let at = CODE + 0x800 + i as u64 * 0x40;
+        let mut isr = Asm::default();
+        isr.mov_dx(IRQ)
+            .mov_eax(v.into())
+            .out_dx(1)
+            .mov_rax(LAPIC + 0xb0)
+            .store_imm32_at_rax(0) // EOI
+            .iretq();
+        g.ram.write(at, &isr.0);
+        g.ram.write(IDT + u64::from(v) * 16, &interrupt_gate(at));
+    }
+    Ok(g)
+}
+
+/// The vectors the guest's handlers reported, in order.
+fn interrupts(io: &Recorder) -> Vec<u8> {
+    io.accesses()
+        .iter()
+        .filter(|a| a.kind == PioWrite && a.addr == u64::from(IRQ))
+        .map(|a| a.data[0])
+        .collect()
+}
+
+fn msi_irqfd(hv: &dyn Hypervisor) -> CaseResult {
+    msi_irqfd_in(hv, IrqChipMode::Kernel)
+}
+
+fn msi_irqfd_split(hv: &dyn Hypervisor) -> CaseResult {
+    msi_irqfd_in(hv, IrqChipMode::Split)
+}
+
+fn msi_irqfd_in(hv: &dyn Hypervisor, mode: IrqChipMode) -> CaseResult {
+    const VECTOR: u8 = 0x40;
+    let mut g = interrupt_guest(hv, mode, &[VECTOR])?;
     let chip = g.chip.clone().expect("asked for an interrupt controller");
     let gsi = chip.pin_count();
     let msi = MsiMessage {
@@ -576,6 +618,72 @@ fn msi_irqfd(hv: &dyn Hypervisor) -> CaseResult {
     })
 }
 
+/// Split mode as a user-space IOAPIC uses it: an MSI sent directly, and a level-triggered
+/// route on a reserved pin GSI whose EOI comes back to the VMM as an exit.
+fn split_ioapic_eoi(hv: &dyn Hypervisor) -> CaseResult {
+    const EDGE: u8 = 0x42;
+    const LEVEL: u8 = 0x41;
+    const PIN: u32 = 5;
+    let mut g = interrupt_guest(hv, IrqChipMode::Split, &[EDGE, LEVEL])?;
+    let chip = g.chip.clone().expect("asked for an interrupt controller");
+    let line = chip.set_irq_line(PIN, true);
+    check(line.is_err(), || {
+        "set_irq_line worked in split mode; the VMM's IOAPIC must own lines".into()
+    })?;
+    // Level trigger (bit 15) and assert (bit 14), as an IOAPIC sends a level pin.
+    let level = MsiMessage {
+        address: LAPIC,
+        data: u32::from(LEVEL) | 0xc000,
+        devid: None,
+    };
+    step(
+        "set a level-triggered pin route",
+        chip.set_msi_routes(&[IrqRoute::Msi {
+            gsi: PIN,
+            msi: level,
+        }]),
+    )?;
+    let evt = step("eventfd", EventFd::new(libc::EFD_NONBLOCK))?;
+    step("register the irqfd", chip.register_irqfd(&evt, PIN))?;
+    let io = Recorder::default();
+    let mut sent = false;
+    let exits = run_vcpu(&mut *g.vcpus[0], &io, |io| {
+        if io.writes_to(READY) == 1 && !sent {
+            sent = true;
+            step(
+                "signal_msi",
+                chip.signal_msi(MsiMessage {
+                    address: LAPIC,
+                    data: EDGE.into(),
+                    devid: None,
+                }),
+            )?;
+        }
+        if interrupts(io) == [EDGE]
+            && io
+                .accesses()
+                .last()
+                .is_some_and(|a| a.addr == u64::from(IRQ))
+        {
+            step("signal the pin's irqfd", evt.write(1))?;
+        }
+        Ok(false)
+    })?;
+    let _ = chip.unregister_irqfd(&evt, PIN);
+    let got = interrupts(&io);
+    check(got == [EDGE, LEVEL], || {
+        format!("interrupts {got:x?}, want [{EDGE:#x}, {LEVEL:#x}]")
+    })?;
+    check(
+        matches!(exits.as_slice(), [VcpuExit::IoapicEoi { vector: LEVEL }]),
+        || {
+            format!(
+                "want an IoapicEoi exit for {LEVEL:#x} after the level interrupt, got {exits:?}"
+            )
+        },
+    )
+}
+
 /// A 64-bit interrupt gate to `handler` in the kit's code segment.
 fn interrupt_gate(handler: u64) -> [u8; 16] {
     let mut e = [0u8; 16];
@@ -594,7 +702,7 @@ fn slot_remove(hv: &dyn Hypervisor) -> CaseResult {
     for _ in 0..3 {
         a.mov_rax(AT).load_rbx_from_rax(4).mov_dx(PORT).out_dx(1);
     }
-    let mut g = Guest::new(hv, &a.done().0, 1, false)?;
+    let mut g = Guest::new(hv, &a.done().0, 1, None)?;
     let mut slot = step("map the extra slot", GuestRam::new(4096))?;
     slot.write(0, &0x5a5a_0001u32.to_le_bytes());
     let region = MemoryRegion {
@@ -643,7 +751,7 @@ fn slot_remove(hv: &dyn Hypervisor) -> CaseResult {
 }
 
 fn special_registers(hv: &dyn Hypervisor) -> CaseResult {
-    let g = Guest::new(hv, &Asm::default().done().0, 1, false)?;
+    let g = Guest::new(hv, &Asm::default().done().0, 1, None)?;
     let vcpu = &g.vcpus[0];
     let mut s = step("get_sregs", vcpu.get_sregs())?;
     s.fs.base = 0x1234_5000;
@@ -681,7 +789,7 @@ fn special_registers(hv: &dyn Hypervisor) -> CaseResult {
 
 fn msrs(hv: &dyn Hypervisor) -> CaseResult {
     use crate::arch::Msr;
-    let g = Guest::new(hv, &Asm::default().done().0, 1, false)?;
+    let g = Guest::new(hv, &Asm::default().done().0, 1, None)?;
     // SYSENTER_CS/ESP/EIP, STAR, LSTAR, CSTAR, SFMASK, KERNEL_GS_BASE: plain storage MSRs.
     let set: Vec<Msr> = [
         0x174,
@@ -716,7 +824,7 @@ fn lapic_state(hv: &dyn Hypervisor) -> CaseResult {
     const TPR: usize = 0x80;
     const LVT0: usize = 0x350;
     const LVT1: usize = 0x360;
-    let g = Guest::new(hv, &Asm::default().done().0, 1, true)?;
+    let g = Guest::new(hv, &Asm::default().done().0, 1, Some(IrqChipMode::Kernel))?;
     let vcpu = &g.vcpus[0];
     let mut lapic = step("get_lapic", vcpu.get_lapic())?;
     lapic.set(TPR, 0x20);

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use super::super::guest_ram::GuestRam;
 use super::super::recorder::Recorder;
 use super::super::{step, Outcome};
-use crate::arch::{DescriptorTable, Regs, Segment, Sregs};
-use crate::{Hypervisor, IrqChip, Kicker, MemoryRegion, Vcpu, VcpuExit, Vm};
+use crate::arch::{DescriptorTable, IrqChipConfig, IrqChipMode, Regs, Segment, Sregs};
+use crate::{Error, Hypervisor, IrqChip, Kicker, MemoryRegion, Vcpu, VcpuExit, Vm};
 
 pub const RAM_SIZE: u64 = 2 << 20;
 const GDT: u64 = 0x500;
@@ -62,12 +62,12 @@ pub struct Guest {
 
 impl Guest {
     /// A VM with RAM and page tables and `vcpus` vCPUs in long mode at [`CODE`]; `code` is
-    /// copied there. No interrupt controller unless `irqchip`.
+    /// copied there. No interrupt controller unless `irqchip` says in which mode.
     pub fn new(
         hv: &dyn Hypervisor,
         code: &[u8],
         vcpus: u32,
-        irqchip: bool,
+        irqchip: Option<IrqChipMode>,
     ) -> Result<Self, Outcome> {
         let vm = step("create a VM", hv.create_vm())?;
         let mut ram = step("map guest RAM", GuestRam::new(RAM_SIZE as usize))?;
@@ -82,13 +82,19 @@ impl Guest {
         };
         // SAFETY: `ram` lives in the returned Guest, declared after `vm`, so it outlives it.
         step("add the RAM slot", unsafe { vm.add_memory_region(region) })?;
-        let chip = if irqchip {
-            Some(step(
-                "create the interrupt controller",
-                vm.create_irq_chip(&Default::default()),
-            )?)
-        } else {
-            None
+        let chip = match irqchip {
+            Some(mode) => match vm.create_irq_chip(&IrqChipConfig { mode }) {
+                Ok(chip) => Some(chip),
+                Err(Error::MissingCapability(what)) => {
+                    return Err(Outcome::Skip(format!("the backend lacks {what}")))
+                }
+                Err(e) => {
+                    return Err(Outcome::Fail(format!(
+                        "create the interrupt controller: {e}"
+                    )))
+                }
+            },
+            None => None,
         };
         let cpuid = step("read the supported CPUID", hv.supported_cpuid())?;
         let mut all = Vec::new();
