@@ -11,7 +11,9 @@
 #   scripts/fuzz.sh planted [SECONDS]   builds virtqueue_blk with a known bug put back
 #                                       (cfg berth_planted_bug) and checks the fuzzer finds it
 #                                       within SECONDS (default 600)
-#   scripts/fuzz.sh cmin [TARGET]       minimises the committed corpus
+#   scripts/fuzz.sh cmin [TARGET]       minimises the committed corpus (then put back the seed-* and
+#                                       recorded-* inputs: git checkout, BERTH_FUZZ_WRITE_SEEDS=1)
+#   scripts/fuzz.sh totals              remakes the totals table of fuzz/runs.md
 #
 # A crash is kept in fuzz/artifacts/<target>/; copy it to fuzz/regressions/<target>/ once fixed,
 # and `cargo test -p berth-fuzz` replays it for good.
@@ -52,7 +54,40 @@ figures() {
   echo "$last" | sed -E 's/^#([0-9]+).* cov: ([0-9]+) ft: ([0-9]+) corp: ([0-9]+)\/([0-9a-zA-Z]+).*/\1 \2 \3 \4 \5/'
 }
 
+# Remakes the Totals section of fuzz/runs.md from its Runs: runs add up across sessions (each
+# resumes from the corpus the last one grew), and the goal is 30 minutes or 10 million
+# executions per target with no crash.
+totals() {
+  local tmp
+  tmp=$(mktemp)
+  awk -F'|' '
+    /^## Runs/ { inruns = 1 }
+    inruns && $4 ~ /[a-z]/ && $2 !~ /date/ {
+      t = $4; gsub(/ /, "", t)
+      if (!(t in n)) order[++k] = t
+      n[t]++; runs[t] += $5; secs[t] += $6; if ($10 !~ /ok/) bad[t]++
+    }
+    END {
+      print "| target | runs | executions | minutes | goal (30 min or 10M executions) | crashes |"
+      print "|---|---|---|---|---|---|"
+      for (i = 1; i <= k; i++) {
+        t = order[i]
+        met = (secs[t] >= 1800 || runs[t] >= 10000000) ? "met" : "not yet"
+        printf "| %s | %d | %d | %.1f | %s | %d |\n", t, n[t], runs[t], secs[t] / 60, met, bad[t]
+      }
+    }' fuzz/runs.md >"$tmp.table"
+  awk -v table="$tmp.table" '
+    /^## Totals/ { print; print ""; while ((getline l < table) > 0) print l; print ""; skip = 1; next }
+    /^## Runs/ { skip = 0 }
+    !skip { print }' fuzz/runs.md >"$tmp"
+  mv "$tmp" fuzz/runs.md
+  rm -f "$tmp.table"
+}
+
 case "$MODE" in
+totals)
+  totals
+  ;;
 ci)
   SECS=${1:-15}
   build
@@ -91,9 +126,11 @@ long)
     read -r runs cov ft corp size <<<"$(figures "$log")"
     [ -f fuzz/runs.md ] || printf '%s\n' "# Long fuzz runs" "" \
       "Appended by \`scripts/fuzz.sh long\`; x86_64 host, one libFuzzer process, ASan." "" \
+      "## Totals" "" "## Runs" "" \
       "| date | commit | target | executions | seconds | corpus | coverage (edges) | features | result |" \
       "|---|---|---|---|---|---|---|---|---|" >fuzz/runs.md
     echo "| $(date -u +%F) | $(git rev-parse --short HEAD) | $t | $runs | $secs | $corp | $cov | $ft | $status |" >>fuzz/runs.md
+    totals
     say "$t: $runs runs in $secs s, cov $cov, corpus $corp: $status"
     [ $status = ok ] || { tail -40 "$log" >&2; exit 1; }
     rm -f "$log"
