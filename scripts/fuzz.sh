@@ -162,7 +162,7 @@ cmin)
   done
   ;;
 *)
-  sed -n '2,20p' "$0" >&2
+  sed -n '2,/^set -euo/p' "$0" | sed '$d' >&2
   exit 2
   ;;
 esac
