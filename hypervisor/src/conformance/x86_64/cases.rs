@@ -7,12 +7,10 @@ use std::time::Duration;
 use super::asm::Asm;
 use super::guest::{run_vcpu, Guest, CODE, DATA, IDT, MMIO, RAM_SIZE};
 use crate::arch::{IrqChipMode, Regs};
-use crate::conformance::guest_ram::GuestRam;
 use crate::conformance::recorder::{Access, AccessKind, AccessKind::*, Recorder};
 use crate::conformance::{check, step, Case, CaseResult, Outcome};
 use crate::{
-    Datamatch, EventFd, Hypervisor, IoEventAddress, IrqRoute, Kicker, MemoryRegion, MsiMessage,
-    VcpuExit,
+    Datamatch, EventFd, Hypervisor, IoEventAddress, IrqRoute, Kicker, MsiMessage, VcpuExit,
 };
 
 pub static CASES: &[Case] = &[
@@ -351,37 +349,21 @@ fn read_only_slot(hv: &dyn Hypervisor) -> CaseResult {
         .mov_rbx(0xdead_beef)
         .store_rbx_at_rax(4);
     let mut g = Guest::new(hv, &a.done().0, 1, None)?;
-    let mut ro = step("map the read-only slot", GuestRam::new(4096))?;
-    ro.write(0, &0x1122_3344u32.to_le_bytes());
-    let region = MemoryRegion {
-        slot: 1,
-        guest_addr: RO,
-        size: 4096,
-        host_addr: ro.host_addr(),
-        read_only: true,
-    };
-    // SAFETY: `ro` outlives the VM: the guest (and its VM) is dropped first, below.
-    let added = unsafe { g.vm.add_memory_region(region) };
-    let result = (|| {
-        step("add a read-only slot", added)?;
-        let io = Recorder::default();
-        run_to_done(&mut g, &io)?;
-        let got = u32::from_le_bytes(g.ram.read(DATA, 4).try_into().unwrap());
-        check(got == 0x1122_3344, || {
-            format!("the guest read {got:#x} from the slot, want 0x11223344")
-        })?;
-        expect_accesses(
-            &io.accesses(),
-            &[Access::new(MmioWrite, RO, &0xdead_beefu32.to_le_bytes())],
-        )?;
-        let kept = ro.read(0, 4);
-        check(kept == 0x1122_3344u32.to_le_bytes(), || {
-            format!("the write changed the slot: {kept:x?}")
-        })
-    })();
-    drop(g);
-    drop(ro);
-    result
+    g.add_slot(1, RO, true, &0x1122_3344u32.to_le_bytes())?;
+    let io = Recorder::default();
+    run_to_done(&mut g, &io)?;
+    let got = u32::from_le_bytes(g.ram.read(DATA, 4).try_into().unwrap());
+    check(got == 0x1122_3344, || {
+        format!("the guest read {got:#x} from the slot, want 0x11223344")
+    })?;
+    expect_accesses(
+        &io.accesses(),
+        &[Access::new(MmioWrite, RO, &0xdead_beefu32.to_le_bytes())],
+    )?;
+    let kept = g.slots[0].read(0, 4);
+    check(kept == 0x1122_3344u32.to_le_bytes(), || {
+        format!("the write changed the slot: {kept:x?}")
+    })
 }
 
 fn ioeventfd(hv: &dyn Hypervisor) -> CaseResult {
@@ -703,51 +685,35 @@ fn slot_remove(hv: &dyn Hypervisor) -> CaseResult {
         a.mov_rax(AT).load_rbx_from_rax(4).mov_dx(PORT).out_dx(1);
     }
     let mut g = Guest::new(hv, &a.done().0, 1, None)?;
-    let mut slot = step("map the extra slot", GuestRam::new(4096))?;
-    slot.write(0, &0x5a5a_0001u32.to_le_bytes());
-    let region = MemoryRegion {
-        slot: 1,
-        guest_addr: AT,
-        size: 4096,
-        host_addr: slot.host_addr(),
-        read_only: false,
-    };
-    // SAFETY: `slot` outlives the VM: the guest (and its VM) is dropped first, below.
-    let added = unsafe { g.vm.add_memory_region(region) };
+    let region = g.add_slot(1, AT, false, &0x5a5a_0001u32.to_le_bytes())?;
     let vm = g.vm.clone();
-    let result = (|| {
-        step("add a slot", added)?;
-        let io = Recorder::default();
-        let exits = run_vcpu(&mut *g.vcpus[0], &io, |io| {
-            match io.writes_to(PORT) {
-                1 if io.accesses().last().is_some_and(|a| a.kind == PioWrite) => {
-                    step("remove the slot", vm.remove_memory_region(region))?
-                }
-                // SAFETY: as above.
-                2 if io.accesses().last().is_some_and(|a| a.kind == PioWrite) => {
-                    step("add the slot again", unsafe {
-                        vm.add_memory_region(region)
-                    })?
-                }
-                _ => {}
+    let io = Recorder::default();
+    let exits = run_vcpu(&mut *g.vcpus[0], &io, |io| {
+        match io.writes_to(PORT) {
+            1 if io.accesses().last().is_some_and(|a| a.kind == PioWrite) => {
+                step("remove the slot", vm.remove_memory_region(region))?
             }
-            Ok(false)
-        })?;
-        check(exits.is_empty(), || format!("the guest stopped: {exits:?}"))?;
-        // Read 1 from memory (no access), read 2 an MMIO read, read 3 from memory again.
-        let reads: Vec<Access> = io
-            .accesses()
-            .into_iter()
-            .filter(|a| a.kind != PioWrite)
-            .collect();
-        expect_accesses(
-            &reads,
-            &[Access::new(MmioRead, AT, &Recorder::answer(0, 4))],
-        )
-    })();
-    drop(g);
-    drop(slot);
-    result
+            // SAFETY: the slot's memory is still in `g.slots`, which outlives the VM.
+            2 if io.accesses().last().is_some_and(|a| a.kind == PioWrite) => {
+                step("add the slot again", unsafe {
+                    vm.add_memory_region(region)
+                })?
+            }
+            _ => {}
+        }
+        Ok(false)
+    })?;
+    check(exits.is_empty(), || format!("the guest stopped: {exits:?}"))?;
+    // Read 1 from memory (no access), read 2 an MMIO read, read 3 from memory again.
+    let reads: Vec<Access> = io
+        .accesses()
+        .into_iter()
+        .filter(|a| a.kind != PioWrite)
+        .collect();
+    expect_accesses(
+        &reads,
+        &[Access::new(MmioRead, AT, &Recorder::answer(0, 4))],
+    )
 }
 
 fn special_registers(hv: &dyn Hypervisor) -> CaseResult {

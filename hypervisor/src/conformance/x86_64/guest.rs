@@ -56,8 +56,10 @@ pub struct Guest {
     /// The in-kernel interrupt controller, when asked for.
     pub chip: Option<Arc<dyn IrqChip>>,
     pub vcpus: Vec<Box<dyn Vcpu>>,
-    /// After `vm`: dropped once the VM is gone.
+    /// After `vm` and `vcpus`: dropped once the VM is gone.
     pub ram: GuestRam,
+    /// The memory of the slots added with [`Guest::add_slot`], in order; dropped last.
+    pub slots: Vec<GuestRam>,
 }
 
 impl Guest {
@@ -123,7 +125,34 @@ impl Guest {
             chip,
             vcpus: all,
             ram,
+            slots: Vec::new(),
         })
+    }
+
+    /// Maps one more page at `at` as `slot` (read-only if asked), starting with `init`; its
+    /// memory goes to [`Guest::slots`], so it lives as long as the VM.
+    pub fn add_slot(
+        &mut self,
+        slot: u32,
+        at: u64,
+        read_only: bool,
+        init: &[u8],
+    ) -> Result<MemoryRegion, Outcome> {
+        let mut mem = step("map the slot's memory", GuestRam::new(4096))?;
+        mem.write(0, init);
+        let region = MemoryRegion {
+            slot,
+            guest_addr: at,
+            size: 4096,
+            host_addr: mem.host_addr(),
+            read_only,
+        };
+        self.slots.push(mem);
+        // SAFETY: the mapping is in `self.slots`, dropped after the VM and its vCPUs.
+        step("add a memory slot", unsafe {
+            self.vm.add_memory_region(region)
+        })?;
+        Ok(region)
     }
 
     /// Runs vCPU 0 until the guest writes the done port. See [`run_vcpu`].
