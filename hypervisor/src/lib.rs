@@ -7,8 +7,9 @@
 //! supertraits ([`arch::HypervisorArch`], [`arch::VmArch`], [`arch::VcpuArch`]) so a single
 //! `dyn Vcpu` carries them without casts, the way crosvm's `VcpuX86_64` does.
 //!
-//! A new backend implements these traits in `src/<name>/` and is registered in [`open`]; nothing
-//! outside this crate changes (see `docs/porting.md`).
+//! A new backend implements these traits in `src/<name>/` and is registered in `BACKENDS` and
+//! `open_backend` (the only place [`open`] looks); nothing outside this crate changes (see
+//! `docs/porting.md`), and `conformance` checks it.
 
 pub mod conformance;
 mod error;

@@ -110,17 +110,7 @@ pub struct KvmVm {
 
 impl Vm for KvmVm {
     unsafe fn add_memory_region(&self, region: MemoryRegion) -> Result<()> {
-        let mem = kvm_userspace_memory_region {
-            slot: region.slot,
-            flags: if region.read_only {
-                KVM_MEM_READONLY
-            } else {
-                0
-            },
-            guest_phys_addr: region.guest_addr,
-            memory_size: region.size,
-            userspace_addr: region.host_addr,
-        };
+        let mem = kvm_region(&region);
         // SAFETY: the caller guarantees the host mapping outlives the VM (this fn's contract).
         unsafe { self.fd.set_user_memory_region(mem) }
             .map_err(|e| Error::ioctl("KVM_SET_USER_MEMORY_REGION", e))
@@ -129,11 +119,9 @@ impl Vm for KvmVm {
     fn remove_memory_region(&self, region: MemoryRegion) -> Result<()> {
         // A slot of size 0 deletes it.
         let mem = kvm_userspace_memory_region {
-            slot: region.slot,
             flags: 0,
-            guest_phys_addr: region.guest_addr,
             memory_size: 0,
-            userspace_addr: region.host_addr,
+            ..kvm_region(&region)
         };
         // SAFETY: deleting a slot makes KVM drop its reference to the host mapping; no host
         // memory is handed over.
@@ -195,6 +183,20 @@ impl Vm for KvmVm {
             Datamatch::U64(v) => self.fd.unregister_ioevent(evt, &addr, v),
         }
         .map_err(|e| Error::ioctl("KVM_IOEVENTFD (deassign)", e))
+    }
+}
+
+fn kvm_region(region: &MemoryRegion) -> kvm_userspace_memory_region {
+    kvm_userspace_memory_region {
+        slot: region.slot,
+        flags: if region.read_only {
+            KVM_MEM_READONLY
+        } else {
+            0
+        },
+        guest_phys_addr: region.guest_addr,
+        memory_size: region.size,
+        userspace_addr: region.host_addr,
     }
 }
 
