@@ -88,7 +88,8 @@ impl<S: MsiSender> Ioapic<S> {
         if e & TRIGGER_LEVEL != 0 {
             self.deliver_level(pin);
         } else if rising && e & MASKED == 0 {
-            self.sender.send(msi(e).0, msi(e).1);
+            let (address, data) = msi(e);
+            self.sender.send(address, data);
         }
     }
 
@@ -117,50 +118,48 @@ impl<S: MsiSender> Ioapic<S> {
         match self.select {
             REG_ID | REG_ARBITRATION => self.id << 24,
             REG_VERSION => ((NUM_PINS as u32 - 1) << 16) | VERSION,
-            r if r >= REG_REDIRECTION && ((r - REG_REDIRECTION) / 2) < NUM_PINS as u32 => {
-                let e = self.entries[((r - REG_REDIRECTION) / 2) as usize];
-                if r % 2 == 0 {
-                    e as u32
-                } else {
-                    (e >> 32) as u32
-                }
-            }
-            _ => 0,
+            r => match redirection_half(r) {
+                Some((pin, shift)) => (self.entries[pin] >> shift) as u32,
+                None => 0,
+            },
         }
     }
 
     fn write_register(&mut self, value: u32) {
-        match self.select {
-            REG_ID => self.id = (value >> 24) & 0xf,
-            r if r >= REG_REDIRECTION && ((r - REG_REDIRECTION) / 2) < NUM_PINS as u32 => {
-                let pin = ((r - REG_REDIRECTION) / 2) as usize;
-                let old = self.entries[pin];
-                let (half, shift) = if r % 2 == 0 {
-                    (0xffff_ffffu64, 0)
-                } else {
-                    (0xffff_ffff << 32, 32)
-                };
-                let writable = half & !READ_ONLY_BITS;
-                let new = (old & !writable) | ((u64::from(value) << shift) & writable);
-                // An edge pin keeps no remote IRR.
-                self.entries[pin] = if new & TRIGGER_LEVEL == 0 {
-                    new & !REMOTE_IRR
-                } else {
-                    new
-                };
-                // Unmasking a level pin whose line is high delivers it now.
-                if new & TRIGGER_LEVEL != 0 {
-                    self.deliver_level(pin);
-                }
-            }
+        if self.select == REG_ID {
+            self.id = (value >> 24) & 0xf;
+            return;
+        }
+        let Some((pin, shift)) = redirection_half(self.select) else {
             // Version and arbitration are read-only; other indices do not exist.
-            _ => log_limited!(
+            log_limited!(
                 log::Level::Debug,
                 "IOAPIC: write {value:#x} to register {:#x} ignored",
                 self.select
-            ),
+            );
+            return;
+        };
+        let old = self.entries[pin];
+        let writable = (0xffff_ffffu64 << shift) & !READ_ONLY_BITS;
+        let new = (old & !writable) | ((u64::from(value) << shift) & writable);
+        // An edge pin keeps no remote IRR.
+        self.entries[pin] = if new & TRIGGER_LEVEL == 0 {
+            new & !REMOTE_IRR
+        } else {
+            new
+        };
+        // Unmasking a level pin whose line is high delivers it now.
+        if new & TRIGGER_LEVEL != 0 {
+            self.deliver_level(pin);
         }
     }
+}
+
+/// For a redirection-table register index: the pin, and where its 32 bits sit in the entry
+/// (0 for the low half, 32 for the high half).
+fn redirection_half(index: u32) -> Option<(usize, u32)> {
+    let pin = (index.checked_sub(REG_REDIRECTION)? / 2) as usize;
+    (pin < NUM_PINS).then_some((pin, (index % 2) * 32))
 }
 
 /// The MSI a redirection entry describes.
