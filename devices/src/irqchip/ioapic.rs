@@ -39,9 +39,14 @@ const DEST_SHIFT: u64 = 56;
 /// Bits the guest cannot write: delivery status and remote IRR are the IOAPIC's own.
 const READ_ONLY_BITS: u64 = DELIVERY_STATUS | REMOTE_IRR;
 
-/// Sends an MSI (the hypervisor's injection).
+/// The IOAPIC's outputs: MSIs it sends, and (for hypervisors that deliver a pin's irqfd
+/// themselves, as KVM's split mode does) the message each pin now stands for.
 pub trait MsiSender: Send {
+    /// Sends an MSI now (the hypervisor's injection).
     fn send(&self, address: u64, data: u32);
+    /// `pin` now sends `msi`, or nothing while masked (`None`). Called when the guest changes
+    /// what a redirection entry sends, not for every write.
+    fn pin_changed(&self, _pin: usize, _msi: Option<(u64, u32)>) {}
 }
 
 /// The I/O APIC. Every pin starts masked, edge-triggered, as after reset.
@@ -140,6 +145,7 @@ impl<S: MsiSender> Ioapic<S> {
             return;
         };
         let old = self.entries[pin];
+        let before = self.msi_for(pin);
         let writable = (0xffff_ffffu64 << shift) & !READ_ONLY_BITS;
         let new = (old & !writable) | ((u64::from(value) << shift) & writable);
         // An edge pin keeps no remote IRR.
@@ -148,6 +154,10 @@ impl<S: MsiSender> Ioapic<S> {
         } else {
             new
         };
+        let after = self.msi_for(pin);
+        if after != before {
+            self.sender.pin_changed(pin, after);
+        }
         // Unmasking a level pin whose line is high delivers it now.
         if new & TRIGGER_LEVEL != 0 {
             self.deliver_level(pin);
@@ -221,16 +231,24 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    type PinChange = (usize, Option<(u64, u32)>);
+
     #[derive(Clone, Default)]
-    struct Sent(Arc<Mutex<Vec<(u64, u32)>>>);
+    struct Sent(Arc<Mutex<Vec<(u64, u32)>>>, Arc<Mutex<Vec<PinChange>>>);
     impl MsiSender for Sent {
         fn send(&self, address: u64, data: u32) {
             self.0.lock().unwrap().push((address, data));
+        }
+        fn pin_changed(&self, pin: usize, msi: Option<(u64, u32)>) {
+            self.1.lock().unwrap().push((pin, msi));
         }
     }
     impl Sent {
         fn take(&self) -> Vec<(u64, u32)> {
             std::mem::take(&mut self.0.lock().unwrap())
+        }
+        fn changes(&self) -> Vec<PinChange> {
+            std::mem::take(&mut self.1.lock().unwrap())
         }
     }
 
@@ -328,6 +346,19 @@ mod tests {
         program(&mut io, 1, 0x0900 | 0x22, 0x0f); // lowest priority... mode 1, logical
         io.service_irq(1, true);
         assert_eq!(sent.take(), vec![(0xfee0_f004, 0x0122)]);
+    }
+
+    #[test]
+    fn the_vmm_hears_when_a_pin_starts_stops_or_changes_what_it_sends() {
+        let (mut io, sent) = ioapic();
+        write_reg(&mut io, REG_REDIRECTION + 9, 3 << 24); // masked: sends nothing yet
+        assert!(sent.changes().is_empty());
+        write_reg(&mut io, REG_REDIRECTION + 8, 0x8041); // unmasked, level
+        assert_eq!(sent.changes(), vec![(4, Some((0xfee0_3000, 0xc041)))]);
+        write_reg(&mut io, REG_REDIRECTION + 8, 0x8041); // the same again: no news
+        assert!(sent.changes().is_empty());
+        write_reg(&mut io, REG_REDIRECTION + 8, 0x1_8041);
+        assert_eq!(sent.changes(), vec![(4, None)]);
     }
 
     #[test]
