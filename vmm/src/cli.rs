@@ -148,6 +148,10 @@ pub struct RunArgs {
     /// Hypervisor backend.
     #[arg(long, value_enum, default_value_t = HypervisorChoice::Auto)]
     pub hypervisor: HypervisorChoice,
+    /// Interrupt controller: kernel (all of it in the hypervisor), or split (x86_64: only
+    /// the local APICs in the hypervisor, berth's IOAPIC in user space, no PIC or PIT).
+    #[arg(long, value_enum, default_value_t = IrqchipChoice::Kernel)]
+    pub irqchip: IrqchipChoice,
     /// A virtio device served by an external vhost-user backend:
     /// type=blk|rng|console,socket=PATH; repeat for more.
     #[arg(long = "vhost-user", value_name = "SPEC", value_parser = parse_vhost_user)]
@@ -316,6 +320,14 @@ fn parse_serial(s: &str) -> Result<SerialDest, String> {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum IrqchipChoice {
+    /// The hypervisor's whole interrupt controller.
+    Kernel,
+    /// berth's IOAPIC, the hypervisor's local APICs (x86_64 only).
+    Split,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum HypervisorChoice {
     /// The best backend available on this host.
     Auto,
@@ -355,6 +367,8 @@ mod tests {
             "--boot-timer",
             "--hypervisor",
             "kvm",
+            "--irqchip",
+            "split",
             "-l",
             "debug",
         ])
@@ -367,6 +381,7 @@ mod tests {
         assert_eq!(r.serial_dest(), SerialDest::File("/tmp/x".into()));
         assert!(r.boot_timer);
         assert_eq!(r.hypervisor, HypervisorChoice::Kvm);
+        assert_eq!(r.irqchip, IrqchipChoice::Split);
         assert_eq!(cli.log_level, Some(log::LevelFilter::Debug));
     }
 
@@ -380,6 +395,7 @@ mod tests {
         assert_eq!(r.cmdline, DEFAULT_CMDLINE);
         assert_eq!(r.serial_dest(), SerialDest::Stdio);
         assert!(r.disks.is_empty() && !r.rng);
+        assert_eq!(r.irqchip, IrqchipChoice::Kernel);
         assert!(
             Cli::try_parse_from(["berth", "run", "--kernel", "k", "--serial", "file="]).is_err()
         );

@@ -48,6 +48,9 @@ pub enum Error {
     Sandbox { device: String, why: String },
     #[error("berth's seccomp filters: {0}")]
     Filter(sandbox::Error),
+    #[cfg(target_arch = "aarch64")]
+    #[error("--irqchip split: aarch64 has no split interrupt controller (the GIC is the hypervisor's); use --irqchip kernel")]
+    SplitIrqchipUnsupported,
     #[error("starting vCPU thread {cpu}: {source}")]
     VcpuThread { cpu: u32, source: std::io::Error },
     #[error("vCPU {cpu}: {what}")]

@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod filters;
 mod guest_output;
+mod interrupts;
 mod memory;
 mod pci;
 mod platform;

@@ -3,61 +3,27 @@
 //! and each device's vhost-user backend behind its transport (its call fds connected to the
 //! vectors' GSIs as irqfds).
 
-use std::collections::BTreeMap;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
 use arch::GuestMemory;
-use devices::bus::lock;
-use devices::pci::{IntxLine, MsiMessage, MsiVector, PciConfigIo, PciConfigMmio, PciMmio, PciRoot};
+use devices::pci::{MsiMessage, MsiVector, PciConfigIo, PciConfigMmio, PciMmio, PciRoot};
 use devices::virtio::frontend::Frontend;
 use devices::virtio::pci::{DeviceInfo, TransportParts, VirtioPci, BAR_SIZE};
 use devices::virtio::VIRTIO_F_VERSION_1;
 use devices::{Bus, EventFd};
-use hypervisor::{Datamatch, IoEventAddress, IrqChip, IrqRoute, Vm};
+use hypervisor::{Datamatch, IoEventAddress, IrqChip, Vm};
 use vm_allocator::{AddressAllocator, AllocPolicy};
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
 use crate::error::{Error, Result};
 use crate::events::VmEvent;
+use crate::interrupts::{Interrupts, MsiRoutes};
 use crate::platform::PciLayout;
 use crate::vhost_user::control::{self, ControlParts};
 use crate::vhost_user::wiring::VmWiring;
 use crate::vhost_user::{Kind, REQUEST_TIMEOUT};
-
-/// The MSI part of the hypervisor's routing table, rewritten whenever the guest reprograms a
-/// vector (the hypervisor API replaces the table as a whole).
-struct MsiRoutes {
-    irqchip: Arc<dyn IrqChip>,
-    /// GSI to (message, requester id).
-    table: Mutex<BTreeMap<u32, (MsiMessage, Option<u32>)>>,
-}
-
-impl MsiRoutes {
-    fn apply(&self, table: &BTreeMap<u32, (MsiMessage, Option<u32>)>) -> hypervisor::Result<()> {
-        let routes: Vec<IrqRoute> = table
-            .iter()
-            .map(|(&gsi, (m, devid))| IrqRoute::Msi {
-                gsi,
-                msi: hypervisor::MsiMessage {
-                    address: m.address,
-                    data: m.data,
-                    devid: *devid,
-                },
-            })
-            .collect();
-        self.irqchip.set_msi_routes(&routes)
-    }
-
-    fn set(&self, gsi: u32, msg: MsiMessage, devid: Option<u32>) {
-        let mut table = lock(&self.table);
-        table.insert(gsi, (msg, devid));
-        if let Err(e) = self.apply(&table) {
-            devices::log_limited!(log::Level::Error, "MSI route for GSI {gsi}: {e}");
-        }
-    }
-}
 
 /// One MSI-X vector: an irqfd on its own GSI (the VMM's own, for configuration interrupts),
 /// and the backend call fds connected to the same GSI.
@@ -94,24 +60,11 @@ impl MsiVector for Vector {
     }
 }
 
-/// An INTx pin: a level on an IOAPIC input.
-struct Intx {
-    irqchip: Arc<dyn IrqChip>,
-    gsi: u32,
-}
-
-impl IntxLine for Intx {
-    fn set_level(&self, high: bool) {
-        if let Err(e) = self.irqchip.set_irq_line(self.gsi, high) {
-            devices::log_limited!(log::Level::Error, "INTx GSI {}: {e}", self.gsi);
-        }
-    }
-}
-
 /// Builds bus 0 and its devices; [`PciBuilder::attach`] puts it on the VM's buses.
 pub struct PciBuilder {
     vm: Arc<dyn Vm>,
     irqchip: Arc<dyn IrqChip>,
+    interrupts: Arc<Interrupts>,
     mem: GuestMemory,
     root: PciRoot,
     layout: PciLayout,
@@ -129,7 +82,7 @@ fn dev_err(what: &str, e: impl std::fmt::Display) -> Error {
 impl PciBuilder {
     pub fn new(
         vm: Arc<dyn Vm>,
-        irqchip: Arc<dyn IrqChip>,
+        interrupts: Arc<Interrupts>,
         mem: GuestMemory,
         layout: PciLayout,
         events: Sender<VmEvent>,
@@ -140,12 +93,10 @@ impl PciBuilder {
             wiring: Arc::new(VmWiring::new(vm.clone())),
             events,
             vm,
-            next_gsi: irqchip.pin_count(),
-            routes: Arc::new(MsiRoutes {
-                irqchip: irqchip.clone(),
-                table: Mutex::new(BTreeMap::new()),
-            }),
-            irqchip,
+            next_gsi: interrupts.irqchip.pin_count(),
+            routes: interrupts.routes.clone(),
+            irqchip: interrupts.irqchip.clone(),
+            interrupts,
             mem,
             root: PciRoot::new(),
             layout,
@@ -157,7 +108,7 @@ impl PciBuilder {
         let gsi = self.next_gsi;
         self.next_gsi += 1;
         // Masked until the guest programs it; the route is written once at attach.
-        lock(&self.routes.table).insert(gsi, (MsiMessage::default(), devid));
+        self.routes.reserve(gsi, MsiMessage::default(), devid);
         let irqfd = EventFd::new(EFD_NONBLOCK).map_err(|e| dev_err("eventfd", e))?;
         self.irqchip.register_irqfd(&irqfd, gsi)?;
         Ok(Arc::new(Vector {
@@ -209,10 +160,7 @@ impl PciBuilder {
             .allocate(BAR_SIZE, BAR_SIZE, AllocPolicy::FirstMatch)
             .map_err(|e| dev_err(name, format!("no room for its BAR: {e:?}")))?
             .start();
-        let intx: Arc<dyn IntxLine> = Arc::new(Intx {
-            irqchip: self.irqchip.clone(),
-            gsi: (self.layout.intx_gsi)(slot),
-        });
+        let intx = self.interrupts.level_line((self.layout.intx_gsi)(slot));
         let parts = TransportParts {
             mem: self.mem.clone(),
             bar_addr: bar,
@@ -259,7 +207,7 @@ impl PciBuilder {
 
     /// Maps configuration space and the BAR windows, and installs the MSI routes.
     pub fn attach(self, pio: &mut Bus, mmio: &mut Bus) -> Result<()> {
-        self.routes.apply(&lock(&self.routes.table))?;
+        self.routes.write()?;
         let root = Arc::new(self.root);
         let insert = |bus: &mut Bus, dev: Arc<dyn devices::bus::BusAccess>, base, len| {
             bus.insert(dev, base, len).map_err(|e| dev_err("PCI", e))

@@ -10,11 +10,14 @@ use devices::{log_limited, Bus};
 use hypervisor::{IoHandler, Kicker, SystemEvent, Vcpu, VcpuExit};
 
 use crate::events::VmEvent;
+use crate::interrupts::Interrupts;
 
 /// What a vCPU thread shares with the control loop.
 pub struct VcpuContext {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
+    /// Where the guest's EOIs go in split irqchip mode.
+    pub interrupts: Arc<Interrupts>,
     pub stop: Arc<AtomicBool>,
     pub events: Sender<VmEvent>,
     pub start: Instant,
@@ -45,6 +48,10 @@ pub fn run(mut vcpu: Box<dyn Vcpu>, ctx: VcpuContext, kicker_tx: Sender<(u32, Ki
             Ok(VcpuExit::Shutdown) => {
                 crate::platform::log_shutdown(&*vcpu);
                 VmEvent::System(SystemEvent::Reset)
+            }
+            Ok(VcpuExit::IoapicEoi { vector }) => {
+                ctx.interrupts.end_of_interrupt(vector);
+                continue;
             }
             Ok(exit) => match handle_exit(id, exit) {
                 Some(ev) => ev,
@@ -113,13 +120,8 @@ fn handle_exit(cpu: u32, exit: VcpuExit) -> Option<VmEvent> {
         // With the interrupt controller in the hypervisor a halt never reaches us; if a backend
         // reports one, running again waits in the hypervisor for the next interrupt.
         VcpuExit::Io | VcpuExit::Halt | VcpuExit::Interrupted => {}
-        // Only in split irqchip mode, which berth's VMM does not use yet.
-        VcpuExit::IoapicEoi { vector } => {
-            log_limited!(
-                log::Level::Debug,
-                "IOAPIC EOI of vector {vector:#x} ignored"
-            );
-        }
+        // Handled by the caller (it needs the interrupt wiring).
+        VcpuExit::IoapicEoi { .. } => {}
         VcpuExit::System(ev) => return Some(VmEvent::System(ev)),
         VcpuExit::Shutdown => return Some(VmEvent::System(SystemEvent::Reset)),
         VcpuExit::InternalError { code, what } => {

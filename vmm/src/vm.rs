@@ -124,7 +124,7 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
     memory::register(&*vm, &mem)?;
     // The interrupt controller comes first and is finalised once every vCPU exists (the GIC
     // sizes itself by them); irqfds can be registered only after that.
-    let irqchip = vm.create_irq_chip(&platform::irq_chip_config(args.cpus))?;
+    let irqchip = vm.create_irq_chip(&platform::irq_chip_config(args.cpus, args.irqchip)?)?;
     let mut vcpus = Vec::with_capacity(args.cpus as usize);
     for id in 0..args.cpus {
         vcpus.push(vm.create_vcpu(id)?);
@@ -148,8 +148,9 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
     lap("kernel loaded");
 
     let (events_tx, events_rx) = mpsc::channel();
+    let interrupts = Arc::new(platform::interrupts(irqchip.clone(), args.irqchip));
     let mut platform = platform::build_devices(
-        &*irqchip,
+        &interrupts,
         serial_out,
         args.boot_timer,
         start,
@@ -159,7 +160,7 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
     let pci_layout = platform::pci_layout(mem_size, &*irqchip);
     let mut pci = pci::PciBuilder::new(
         vm.clone(),
-        irqchip.clone(),
+        interrupts.clone(),
         mem.clone(),
         pci_layout,
         events_tx.clone(),
@@ -242,6 +243,7 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
         let ctx = vcpu::VcpuContext {
             pio: pio.clone(),
             mmio: mmio.clone(),
+            interrupts: interrupts.clone(),
             stop: stop.clone(),
             events: events_tx.clone(),
             start,

@@ -19,8 +19,10 @@ use hypervisor::arch::{GicVersion, IrqChipConfig};
 use hypervisor::{Hypervisor, IrqChip, Vcpu};
 
 use super::{insert, serial, GuestFiles, PciLayout, Platform};
-use crate::error::Result;
+use crate::cli::IrqchipChoice;
+use crate::error::{Error, Result};
 use crate::events::VmEvent;
+use crate::interrupts::Interrupts;
 
 pub use arch::aarch64::layout::{ram_ranges, MAX_CPUS, MIN_MEMORY};
 
@@ -30,8 +32,16 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=1";
 /// The 16550's eight byte-wide registers (reg-shift 0).
 const UART_REGS: u64 = 8;
 
-pub fn irq_chip_config(cpus: u32) -> IrqChipConfig {
-    arch::aarch64::layout::irq_chip_config(cpus)
+/// The GIC is always the hypervisor's: there is no split mode here.
+pub fn irq_chip_config(cpus: u32, choice: IrqchipChoice) -> Result<IrqChipConfig> {
+    match choice {
+        IrqchipChoice::Kernel => Ok(arch::aarch64::layout::irq_chip_config(cpus)),
+        IrqchipChoice::Split => Err(Error::SplitIrqchipUnsupported),
+    }
+}
+
+pub fn interrupts(irqchip: Arc<dyn IrqChip>, _choice: IrqchipChoice) -> Interrupts {
+    Interrupts::in_kernel(irqchip)
 }
 
 pub fn pci_layout(mem_size: u64, irqchip: &dyn IrqChip) -> PciLayout {
@@ -49,14 +59,14 @@ pub fn pci_layout(mem_size: u64, irqchip: &dyn IrqChip) -> PciLayout {
 }
 
 pub fn build_devices(
-    irqchip: &dyn IrqChip,
+    interrupts: &Interrupts,
     serial_out: Box<dyn Write + Send>,
     boot_timer: bool,
     start: Instant,
     _events: Sender<VmEvent>,
 ) -> Result<Platform> {
     let mut mmio = Bus::new();
-    let (serial, drained) = serial(irqchip, UART_SPI, serial_out)?;
+    let (serial, drained) = serial(interrupts, UART_SPI, serial_out)?;
     insert(&mut mmio, serial.clone(), UART_START, UART_REGS)?;
     insert(
         &mut mmio,
@@ -140,5 +150,20 @@ pub fn log_shutdown(vcpu: &dyn Vcpu) {
     match vcpu.get_reg(hypervisor::arch::Reg::Pc) {
         Ok(pc) => log::debug!("vCPU {} shut down: pc {pc:#x}", vcpu.id()),
         Err(_) => log::debug!("vCPU {} shut down", vcpu.id()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_irqchip_is_refused_in_one_line_that_names_the_fix() {
+        let err = irq_chip_config(1, IrqchipChoice::Split)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("use --irqchip kernel"), "{err}");
+        assert!(!err.contains('\n'));
+        assert!(irq_chip_config(1, IrqchipChoice::Kernel).is_ok());
     }
 }

@@ -1,18 +1,17 @@
 //! The per-architecture half of the VMM: which guest addresses hold RAM and devices, the
 //! platform devices, loading the kernel and setting up the vCPUs. Each architecture module
 //! offers the same items (`MAX_CPUS`, `MIN_MEMORY`, `DEFAULT_CMDLINE`, `ram_ranges`,
-//! `irq_chip_config`, `pci_layout`, `build_devices`, `load_guest`, `configure_vcpus`), so
+//! `irq_chip_config`, `interrupts`, `pci_layout`, `build_devices`, `load_guest`, `configure_vcpus`), so
 //! `vm.rs` builds a VM the same way on both.
 
 use std::fs::File;
 use std::sync::{Arc, Mutex};
 
 use devices::legacy::Serial;
-use devices::{Bus, EventFd, EventFdTrigger};
-use hypervisor::IrqChip;
-use vmm_sys_util::eventfd::EFD_NONBLOCK;
+use devices::{Bus, EventFd};
 
 use crate::error::{Error, Result};
+use crate::interrupts::Interrupts;
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
@@ -59,13 +58,6 @@ pub struct GuestFiles<'a> {
     pub cmdline: &'a str,
 }
 
-/// An interrupt line as an irqfd on `gsi`.
-fn irq_line(irqchip: &dyn IrqChip, gsi: u32) -> Result<EventFdTrigger> {
-    let evt = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Device(format!("eventfd: {e}")))?;
-    irqchip.register_irqfd(&evt, gsi)?;
-    Ok(EventFdTrigger::new(evt))
-}
-
 fn insert(bus: &mut Bus, dev: Arc<dyn devices::bus::BusAccess>, base: u64, len: u64) -> Result<()> {
     bus.insert(dev, base, len)
         .map_err(|e| Error::Device(e.to_string()))
@@ -73,13 +65,13 @@ fn insert(bus: &mut Bus, dev: Arc<dyn devices::bus::BusAccess>, base: u64, len: 
 
 /// The UART, its output and the eventfd that tells the input feeder the FIFO drained.
 fn serial(
-    irqchip: &dyn IrqChip,
+    interrupts: &Interrupts,
     gsi: u32,
     out: Box<dyn std::io::Write + Send>,
 ) -> Result<(Arc<Mutex<Serial>>, EventFd)> {
     let drained = EventFd::new(0).map_err(|e| Error::Device(format!("eventfd: {e}")))?;
     let serial = Serial::new(
-        irq_line(irqchip, gsi)?,
+        interrupts.edge_line(gsi)?,
         out,
         Some(
             drained

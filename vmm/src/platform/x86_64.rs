@@ -13,14 +13,17 @@ use arch::x86_64::layout::{
     PCI_MMIO32_START,
 };
 use arch::GuestMemory;
+use devices::irqchip::{IOAPIC_BASE, IOAPIC_SIZE};
 use devices::legacy::{sink::X86_PROBED_PORTS, AcpiPm, BootTimer, Cmos, PvPanic, Sink, I8042};
 use devices::{Bus, Trigger};
-use hypervisor::arch::{CpuidEntry, IrqChipConfig};
+use hypervisor::arch::{CpuidEntry, IrqChipConfig, IrqChipMode};
 use hypervisor::{Hypervisor, IrqChip, SystemEvent, Vcpu};
 
-use super::{insert, irq_line, serial, GuestFiles, PciLayout, Platform};
+use super::{insert, serial, GuestFiles, PciLayout, Platform};
+use crate::cli::IrqchipChoice;
 use crate::error::Result;
 use crate::events::VmEvent;
+use crate::interrupts::Interrupts;
 
 pub use arch::x86_64::layout::{ram_ranges, MIN_MEMORY};
 
@@ -54,9 +57,21 @@ impl Trigger for EventTrigger {
     }
 }
 
-/// The PIC/IOAPIC/LAPIC need no placement.
-pub fn irq_chip_config(_cpus: u32) -> IrqChipConfig {
-    IrqChipConfig::default()
+/// The PIC/IOAPIC/LAPIC need no placement; split mode leaves the IOAPIC to berth and has no
+/// PIC or PIT (Linux finds none and uses the LAPIC timer, with kvmclock for calibration).
+pub fn irq_chip_config(_cpus: u32, choice: IrqchipChoice) -> Result<IrqChipConfig> {
+    let mode = match choice {
+        IrqchipChoice::Kernel => IrqChipMode::Kernel,
+        IrqchipChoice::Split => IrqChipMode::Split,
+    };
+    Ok(IrqChipConfig { mode })
+}
+
+pub fn interrupts(irqchip: Arc<dyn IrqChip>, choice: IrqchipChoice) -> Interrupts {
+    match choice {
+        IrqchipChoice::Kernel => Interrupts::in_kernel(irqchip),
+        IrqchipChoice::Split => Interrupts::split(irqchip),
+    }
 }
 
 pub fn pci_layout(mem_size: u64, _irqchip: &dyn IrqChip) -> PciLayout {
@@ -71,7 +86,7 @@ pub fn pci_layout(mem_size: u64, _irqchip: &dyn IrqChip) -> PciLayout {
 }
 
 pub fn build_devices(
-    irqchip: &dyn IrqChip,
+    interrupts: &Interrupts,
     serial_out: Box<dyn Write + Send>,
     boot_timer: bool,
     start: Instant,
@@ -80,14 +95,17 @@ pub fn build_devices(
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
 
-    let (serial, drained) = serial(irqchip, COM1_IRQ, serial_out)?;
+    let (serial, drained) = serial(interrupts, COM1_IRQ, serial_out)?;
     insert(&mut pio, serial.clone(), COM1_PORT, 8)?;
 
     let trigger = |ev| EventTrigger {
         tx: Mutex::new(events.clone()),
         event: VmEvent::System(ev),
     };
-    let i8042 = I8042::new(trigger(SystemEvent::Reset), irq_line(irqchip, I8042_IRQ)?);
+    let i8042 = I8042::new(
+        trigger(SystemEvent::Reset),
+        interrupts.edge_line(I8042_IRQ)?,
+    );
     insert(&mut pio, Arc::new(Mutex::new(i8042)), I8042_PORT, 5)?;
     insert(
         &mut pio,
@@ -122,6 +140,9 @@ pub fn build_devices(
     if boot_timer {
         let timer = Arc::new(Mutex::new(BootTimer::new(start)));
         insert(&mut mmio, timer, BOOT_TIMER_START, BOOT_TIMER_SIZE)?;
+    }
+    if let Some(ioapic) = interrupts.ioapic() {
+        insert(&mut mmio, ioapic, IOAPIC_BASE, IOAPIC_SIZE)?;
     }
 
     Ok(Platform {
