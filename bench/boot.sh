@@ -5,7 +5,8 @@
 #   BENCH_PARTS="pairs scale rss" selects parts (default all three; "smp" runs both VMMs with
 #   BENCH_SMP vCPUs, default 32; "pages" runs berth with --hugepages thp and off alternately;
 #   "devices" boots berth with a disk, rng and a virtio console, the backends in processes and in
-#   threads alternately, and measures the PSS of berth and its device processes)
+#   threads alternately, and measures the PSS of berth and its device processes; "irqchip" runs
+#   berth with --irqchip kernel and split alternately)
 #
 # Everything runs inside one emulated x86_64 host with real KVM (QEMU TCG, -cpu max, kvm-amd; see
 # docs/testing.md), so absolute times are those of a slow emulated machine: compare ratios.
@@ -121,6 +122,8 @@ PARTS="${BENCH_PARTS:-pairs scale rss}"
 case "\$PARTS" in *pairs*) for i in \$(seq $RUNS); do berth_run berth 1 timer; qemu_run; done;; esac
 # BENCH_PARTS=pages: guest RAM on transparent huge pages (the default) against 4 KiB pages.
 case "\$PARTS" in *pages*) for i in \$(seq $RUNS); do berth_run thp 1 timer "--hugepages thp"; berth_run 4k 1 timer "--hugepages off"; done;; esac
+# BENCH_PARTS=irqchip: KVM's whole interrupt controller against berth's user-space IOAPIC.
+case "\$PARTS" in *irqchip*) for i in \$(seq $RUNS); do berth_run irqkernel 1 timer "--irqchip kernel"; berth_run irqsplit 1 timer "--irqchip split"; done;; esac
 # BENCH_PARTS=devices: disk, rng and virtio console; backends in processes, then in threads.
 DEV="--disk path=/tmp/disk.img --rng --console virtio --serial none"
 DEVCMD="berth.console=hvc0 berth.modules=virtio_pci,virtio_blk,virtio-rng,virtio_console"

@@ -60,7 +60,7 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-runs = {"berth": [], "qemu": [], "scale": [], "thp": [], "4k": [], "devproc": [], "devthread": []}
+runs = {"berth": [], "qemu": [], "scale": [], "thp": [], "4k": [], "devproc": [], "devthread": [], "irqkernel": [], "irqsplit": []}
 rss = {}
 pss = {}
 for line in open(sys.argv[1], errors="replace"):
@@ -143,3 +143,14 @@ for who in ("devproc", "devthread"):
         f = pss[who]
         print(f"PSS of berth and its children ({f['processes']} processes, {who[3:]}) outside guest RAM: "
               f"{int(f['outside_guest_kib']) / 1024:.1f} MiB (guest RAM {int(f['guest_kib']) / 1024:.0f} MiB)")
+if runs["irqkernel"] or runs["irqsplit"]:
+    k, s = runs["irqkernel"], runs["irqsplit"]
+    print(f"interrupt controller, berth --irqchip kernel vs split, median of {len(k)} / {len(s)} boots (ms)")
+    print(f"{'':45} {'kernel':>9} {'split':>9} {'s/k':>7}")
+    for name, kv, sv in (
+        ("berth start -> first vCPU entry", med(us(k, "first_vCPU_entry")), med(us(s, "first_vCPU_entry"))),
+        ("berth start -> guest init (boot timer)", med(us(k, "guestboottime")), med(us(s, "guestboottime"))),
+        ("launch -> init marker on console", med(mark(k)), med(mark(s))),
+        ("launch -> exit (wall, 10 ms steps)", med(wall(k)), med(wall(s))),
+    ):
+        print(f"{name:45} {kv:9.1f} {sv:9.1f} {sv / kv:7.2f}")
