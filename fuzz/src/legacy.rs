@@ -1,7 +1,8 @@
 //! `legacy`: the platform devices through the buses, as vCPU exits reach them: the 16550 UART,
 //! i8042, CMOS, the ACPI PM block, pvpanic, the probed-port sink and the boot timer on the
-//! x86_64 port bus, the PL031 on MMIO. Any port, any width (vCPU exits give 1 to 8 bytes; the
-//! target also tries 0), any value; host input arrives between accesses.
+//! x86_64 port bus, the PL031 and the user-space IOAPIC (`--irqchip split`) on MMIO. Any port,
+//! any width (vCPU exits give 1 to 8 bytes; the target also tries 0), any value; host input,
+//! IOAPIC line changes and the EOIs the hypervisor reports arrive between accesses.
 //!
 //! Input: a sequence of operations ([`run`]).
 
@@ -9,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use devices::bus::BusAccess;
+use devices::irqchip::{Ioapic, MsiSender, IOAPIC_BASE, IOAPIC_SIZE};
 use devices::legacy::{
     sink::X86_PROBED_PORTS, AcpiPm, BootTimer, Cmos, PvPanic, RtcPl031, Serial, Sink, I8042,
 };
@@ -36,6 +38,9 @@ pub const BASES: &[(bool, u64)] = &[
     (true, 0x3c0),
     (false, BOOT_TIMER),
     (false, PL031),
+    (false, IOAPIC_BASE),
+    (false, IOAPIC_BASE + 0x10),
+    (false, IOAPIC_BASE + 0x40),
 ];
 
 /// Operation codes (the first byte of each operation, modulo their number).
@@ -46,7 +51,22 @@ pub const ANYWHERE_READ: u8 = 2;
 pub const ANYWHERE_WRITE: u8 = 3;
 /// Host input for the UART (what the stdin feeder enqueues): data.
 pub const INPUT: u8 = 4;
-const OPS: u8 = 5;
+/// An IOAPIC input line changes: `u8` pin (any value), `u8` level (odd: high).
+pub const LINE: u8 = 5;
+/// The hypervisor reports the guest's EOI: `u8` vector.
+pub const EOI: u8 = 6;
+const OPS: u8 = 7;
+
+/// Counts what the IOAPIC sends (the hypervisor's injection and routes).
+#[derive(Default)]
+struct Msis;
+
+impl MsiSender for Msis {
+    fn send(&self, _address: u64, _data: u32) {}
+    fn pin_changed(&self, pin: usize, _msi: Option<(u64, u32)>) {
+        assert!(pin < 24, "a route for pin {pin}");
+    }
+}
 
 fn cmos_clock() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
@@ -56,6 +76,7 @@ struct Platform {
     pio: Bus,
     mmio: Bus,
     serial: Arc<Mutex<Serial>>,
+    ioapic: Arc<Mutex<Ioapic<Msis>>>,
 }
 
 fn platform() -> Platform {
@@ -108,7 +129,14 @@ fn platform() -> Platform {
         PL031,
         0x1000,
     );
-    Platform { pio, mmio, serial }
+    let ioapic = Arc::new(Mutex::new(Ioapic::new(Msis)));
+    add(&mut mmio, ioapic.clone(), IOAPIC_BASE, IOAPIC_SIZE);
+    Platform {
+        pio,
+        mmio,
+        serial,
+        ioapic,
+    }
 }
 
 /// Input: operations, each an operation code, then for `READ` and `WRITE` a device index
@@ -147,6 +175,15 @@ fn step(f: &mut Fields<'_>, p: &Platform, buf: &mut [u8; 8]) -> Option<()> {
             } else {
                 bus.read(addr, &mut buf[..data.len()]);
             }
+        }
+        LINE => {
+            let pin = usize::from(f.u8()?);
+            let level = f.u8()? % 2 == 1;
+            p.ioapic.lock().unwrap().service_irq(pin, level);
+        }
+        EOI => {
+            let vector = f.u8()?;
+            p.ioapic.lock().unwrap().end_of_interrupt(vector);
         }
         _ => {
             let n = usize::from(f.u8()?);

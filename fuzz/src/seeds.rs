@@ -65,6 +65,7 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
         add("fdt", &format!("config-{i}"), cfg);
     }
     add("legacy", "linux-boot", legacy_boot());
+    add("legacy", "ioapic", ioapic());
     add("virtio_pci", "bring-up-reset", virtio_bring_up());
     add("pci", "enumerate", pci_enumerate());
     for (name, bytes) in blk_requests() {
@@ -195,6 +196,47 @@ const PVPANIC: u8 = 4;
 const POST: u8 = 5;
 const BOOT_TIMER: u8 = 7;
 const PL031: u8 = 8;
+const IOREGSEL: u8 = 9;
+const IOWIN: u8 = 10;
+const IOAPIC_EOI: u8 = 11;
+
+/// What Linux does to the IOAPIC in split mode: the UART's pin edge-triggered, an INTx pin
+/// level-triggered, their lines and EOIs, then masking.
+fn ioapic() -> Vec<u8> {
+    let mut w = Writer::default();
+    let reg = |w: &mut Writer, index: u32, value: u32| {
+        w.u8(legacy::WRITE)
+            .u8(IOREGSEL)
+            .u8(0)
+            .data(&index.to_le_bytes());
+        w.u8(legacy::WRITE)
+            .u8(IOWIN)
+            .u8(0)
+            .data(&value.to_le_bytes());
+    };
+    // Version, then pin 4 to vector 0x30 on APIC 1 (edge), pin 11 to 0x31 (level, low).
+    w.u8(legacy::WRITE)
+        .u8(IOREGSEL)
+        .u8(0)
+        .data(&1u32.to_le_bytes());
+    w.u8(legacy::READ).u8(IOWIN).u8(0).data(&[0; 4]);
+    reg(&mut w, 0x10 + 2 * 4 + 1, 1 << 24);
+    reg(&mut w, 0x10 + 2 * 4, 0x30);
+    reg(&mut w, 0x10 + 2 * 11 + 1, 0);
+    reg(&mut w, 0x10 + 2 * 11, 0xa031);
+    for (pin, level) in [(4u8, 1u8), (4, 0), (11, 1)] {
+        w.u8(legacy::LINE).u8(pin).u8(level);
+    }
+    w.u8(legacy::EOI).u8(0x31);
+    w.u8(legacy::LINE).u8(11).u8(0);
+    w.u8(legacy::WRITE)
+        .u8(IOAPIC_EOI)
+        .u8(0)
+        .data(&0x31u32.to_le_bytes());
+    // Masked again, as on shutdown.
+    reg(&mut w, 0x10 + 2 * 4, 0x1_0030);
+    w.0
+}
 
 /// What Linux does to the legacy devices on its way up and down.
 fn legacy_boot() -> Vec<u8> {
