@@ -8,7 +8,7 @@
 #   check   cargo check of the whole workspace for aarch64
 #   clippy  clippy on every target of the workspace for aarch64, warnings denied
 #           (Debian's rust-web-clippy, matching rustc-web)
-#   test    the unit tests of hypervisor, arch and devices, built for aarch64 and run under
+#   test    the unit tests of hypervisor, arch, devices and berth, built for aarch64 and run under
 #           qemu-user (qemu-aarch64-static); tests that need /dev/kvm are not among them
 # Output goes to target/aarch64 (CARGO_TARGET_DIR overrides), apart from the x86_64 build.
 set -euo pipefail
@@ -70,6 +70,8 @@ test)
     # so (the aarch64 jail is proven in the emulated aarch64 host by scripts/test.sh).
     export BERTH_UNDER_QEMU_USER=1
     $CARGO test --target $TARGET -p hypervisor -p arch -p devices
+    # berth's own unit tests (its aarch64 platform half); its integration tests need /dev/kvm.
+    $CARGO test --target $TARGET -p berth --bins
     ;;
 *)
     echo "usage: $0 [build|check|clippy|test]" >&2
