@@ -12,6 +12,8 @@
 //! `docs/porting.md`), and `conformance` checks it.
 
 pub mod conformance;
+#[cfg(target_arch = "x86_64")]
+pub mod emulator;
 mod error;
 mod exit;
 pub mod irq;

@@ -1,0 +1,129 @@
+//! An x86 instruction emulator for MMIO, shared by the backends whose hypervisor does not
+//! decode the access (MSHV reports only the faulting guest physical address): fetch the
+//! instruction at RIP through the guest's page tables, decode it with iced-x86, and carry it
+//! out against the registers, guest RAM and the VMM's [`IoHandler`].
+//!
+//! It covers what guest kernels do to devices: MOV in all its forms (register, immediate,
+//! moffs), MOVZX, MOVSX/MOVSXD, MOVS, STOS and LODS (one iteration per call, with REP: RIP
+//! stays on the instruction until the count runs out, as a CPU interrupted between
+//! iterations leaves it), and the read-modify-write and compare forms of ADD, SUB, AND, OR,
+//! XOR, CMP and TEST, with their flags. Anything else is [`EmulatorError::Unsupported`]; no
+//! input makes it panic (`fuzz/` has a target for it).
+//!
+//! The KVM backend can re-decode each of its MMIO exits with it and compare (see
+//! `kvm/mmio_check.rs`), which is how it is proven against a real decoder.
+
+mod exec;
+mod paging;
+pub(crate) mod regs;
+#[cfg(test)]
+mod tests;
+
+use thiserror::Error;
+
+pub use crate::x86_64::{Regs, Sregs};
+use crate::IoHandler;
+
+/// The registers an instruction may read and write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuState {
+    pub regs: Regs,
+    pub sregs: Sregs,
+}
+
+/// Guest RAM, by guest physical address. An access that is not wholly in RAM is the
+/// device's: the emulator sends it to the [`IoHandler`].
+pub trait GuestRam {
+    /// Fills `data` from `gpa`; `false` if that range is not RAM.
+    fn read(&self, gpa: u64, data: &mut [u8]) -> bool;
+    /// Writes `data` at `gpa`; `false` if that range is not RAM.
+    fn write(&self, gpa: u64, data: &[u8]) -> bool;
+}
+
+/// Why an instruction was not emulated. The registers and memory are as they were, except
+/// that accesses already made (the read of a read-modify-write) stay made.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum EmulatorError {
+    #[error("instruction fetch at {rip:#x}: {why}")]
+    Fetch { rip: u64, why: &'static str },
+    #[error("no valid instruction at {rip:#x} ({bytes:02x?})")]
+    Decode { rip: u64, bytes: Vec<u8> },
+    #[error("{mnemonic} at {rip:#x} is not emulated ({what})")]
+    Unsupported {
+        rip: u64,
+        mnemonic: String,
+        what: &'static str,
+    },
+    #[error("guest address {gva:#x} does not translate: {why}")]
+    PageFault { gva: u64, why: &'static str },
+    #[error("guest address {gva:#x} is not canonical")]
+    NonCanonical { gva: u64 },
+}
+
+/// One device access the instruction made, as the [`IoHandler`] saw it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MmioAccess {
+    pub gpa: u64,
+    pub write: bool,
+    len: u8,
+    bytes: [u8; 8],
+}
+
+impl MmioAccess {
+    fn new(gpa: u64, write: bool, data: &[u8]) -> Self {
+        let mut bytes = [0; 8];
+        let len = data.len().min(8);
+        bytes[..len].copy_from_slice(&data[..len]);
+        MmioAccess {
+            gpa,
+            write,
+            len: len as u8,
+            bytes,
+        }
+    }
+
+    /// The bytes written, or read back from the device.
+    pub fn data(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// At most two memory operands, each of which may straddle a page.
+pub const MAX_ACCESSES: usize = 4;
+
+/// What one call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Emulated {
+    /// The instruction's length in bytes.
+    pub length: usize,
+    /// RIP moved past the instruction (false: a REP instruction has iterations left).
+    pub completed: bool,
+    accesses: [MmioAccess; MAX_ACCESSES],
+    count: usize,
+}
+
+impl Emulated {
+    /// The device accesses, in order.
+    pub fn accesses(&self) -> &[MmioAccess] {
+        &self.accesses[..self.count]
+    }
+
+    fn record(&mut self, a: MmioAccess) {
+        if let Some(slot) = self.accesses.get_mut(self.count) {
+            *slot = a;
+            self.count += 1;
+        }
+    }
+}
+
+pub(crate) use exec::{decode, string_step, StringStep};
+
+/// Carries out the instruction at `cpu.regs.rip` (one iteration of a REP string
+/// instruction), updating `cpu`, guest RAM through `ram`, and the devices through `io`.
+pub fn emulate(
+    cpu: &mut CpuState,
+    ram: &dyn GuestRam,
+    io: &dyn IoHandler,
+) -> Result<Emulated, EmulatorError> {
+    exec::run(cpu, ram, io)
+}
