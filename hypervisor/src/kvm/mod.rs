@@ -2,6 +2,8 @@
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+#[cfg(target_arch = "x86_64")]
+pub mod mmio_check;
 mod requests;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
@@ -10,7 +12,7 @@ use aarch64::ArchIrqChip;
 #[cfg(target_arch = "x86_64")]
 use x86_64::ArchIrqChip;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use kvm_bindings::{
     kvm_irq_routing_entry, kvm_userspace_memory_region, KvmIrqRouting, KVM_IRQ_ROUTING_IRQCHIP,
@@ -97,7 +99,10 @@ impl Hypervisor for KvmHypervisor {
             .kvm
             .create_vm()
             .map_err(|e| Error::ioctl("KVM_CREATE_VM", e))?;
-        let vm = KvmVm { fd: Arc::new(fd) };
+        let vm = KvmVm {
+            fd: Arc::new(fd),
+            regions: Arc::new(RwLock::new(Vec::new())),
+        };
         vm.arch_setup()?;
         Ok(Arc::new(vm))
     }
@@ -106,6 +111,8 @@ impl Hypervisor for KvmHypervisor {
 /// A KVM VM.
 pub struct KvmVm {
     fd: Arc<VmFd>,
+    /// The memory slots, for the MMIO check's page walks (x86_64 debug mode).
+    regions: Arc<RwLock<Vec<MemoryRegion>>>,
 }
 
 impl Vm for KvmVm {
@@ -113,7 +120,11 @@ impl Vm for KvmVm {
         let mem = kvm_region(&region);
         // SAFETY: the caller guarantees the host mapping outlives the VM (this fn's contract).
         unsafe { self.fd.set_user_memory_region(mem) }
-            .map_err(|e| Error::ioctl("KVM_SET_USER_MEMORY_REGION", e))
+            .map_err(|e| Error::ioctl("KVM_SET_USER_MEMORY_REGION", e))?;
+        let mut regions = self.regions.write().unwrap_or_else(|e| e.into_inner());
+        regions.retain(|r| r.slot != region.slot);
+        regions.push(region);
+        Ok(())
     }
 
     fn remove_memory_region(&self, region: MemoryRegion) -> Result<()> {
@@ -126,7 +137,12 @@ impl Vm for KvmVm {
         // SAFETY: deleting a slot makes KVM drop its reference to the host mapping; no host
         // memory is handed over.
         unsafe { self.fd.set_user_memory_region(mem) }
-            .map_err(|e| Error::ioctl("KVM_SET_USER_MEMORY_REGION (delete)", e))
+            .map_err(|e| Error::ioctl("KVM_SET_USER_MEMORY_REGION (delete)", e))?;
+        self.regions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|r| r.slot != region.slot);
+        Ok(())
     }
 
     fn create_irq_chip(&self, config: &IrqChipConfig) -> Result<Arc<dyn IrqChip>> {
@@ -143,7 +159,15 @@ impl Vm for KvmVm {
             .create_vcpu(u64::from(id))
             .map_err(|e| Error::ioctl("KVM_CREATE_VCPU", e))?;
         self.arch_init_vcpu(&fd, id)?;
-        Ok(Box::new(KvmVcpu { id, fd }))
+        #[cfg(target_arch = "x86_64")]
+        let mmio_check =
+            mmio_check::enabled().then(|| mmio_check::MmioCheck::new(id, self.regions.clone()));
+        Ok(Box::new(KvmVcpu {
+            id,
+            fd,
+            #[cfg(target_arch = "x86_64")]
+            mmio_check,
+        }))
     }
 
     fn register_ioevent(
@@ -296,6 +320,9 @@ impl IrqChip for KvmIrqChip {
 pub struct KvmVcpu {
     id: u32,
     fd: VcpuFd,
+    /// Set in the MMIO check's debug mode.
+    #[cfg(target_arch = "x86_64")]
+    mmio_check: Option<mmio_check::MmioCheck>,
 }
 
 impl Vcpu for KvmVcpu {
@@ -307,7 +334,16 @@ impl Vcpu for KvmVcpu {
         // For string port I/O and internal errors: details are in kvm_run, which `run`'s
         // borrow holds.
         let run_area: *const kvm_bindings::kvm_run = self.fd.get_kvm_run();
-        match self.fd.run() {
+        // An MMIO access to check after the exit's borrow of kvm_run ends: address, data,
+        // length, write.
+        let mut to_check: Option<(u64, [u8; 8], usize, bool)> = None;
+        let mut note = |addr: u64, data: &[u8], write: bool| {
+            let mut b = [0u8; 8];
+            let n = data.len().min(8);
+            b[..n].copy_from_slice(&data[..n]);
+            to_check = Some((addr, b, n, write));
+        };
+        let result = match self.fd.run() {
             Ok(exit) => Ok(match exit {
                 KvmExit::IoIn(port, data) => {
                     // SAFETY: the exit is KVM_EXIT_IO and run_area is this vCPU's kvm_run.
@@ -327,10 +363,12 @@ impl Vcpu for KvmVcpu {
                 }
                 KvmExit::MmioRead(addr, data) => {
                     io.mmio_read(addr, data);
+                    note(addr, data, false);
                     VcpuExit::Io
                 }
                 KvmExit::MmioWrite(addr, data) => {
                     io.mmio_write(addr, data);
+                    note(addr, data, true);
                     VcpuExit::Io
                 }
                 KvmExit::Hlt => VcpuExit::Halt,
@@ -360,7 +398,14 @@ impl Vcpu for KvmVcpu {
                 Ok(VcpuExit::Interrupted)
             }
             Err(e) => Err(Error::ioctl("KVM_RUN", e)),
+        };
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(check), Some((addr, data, n, write))) = (&mut self.mmio_check, to_check) {
+            check.check(&self.fd, addr, &data[..n], write);
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = to_check;
+        result
     }
 }
 
