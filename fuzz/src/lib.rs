@@ -7,6 +7,8 @@
 
 pub mod acpi;
 pub mod boot;
+#[cfg(target_arch = "x86_64")]
+pub mod emulator;
 pub mod fdt;
 pub mod frontend;
 pub mod image;
@@ -70,6 +72,11 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "vhost_user_frontend",
         run: frontend::run,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Target {
+        name: "emulator",
+        run: emulator::run,
     },
 ];
 

@@ -4,6 +4,8 @@
 
 use std::io::Write;
 
+#[cfg(target_arch = "x86_64")]
+use crate::emulator;
 use crate::util::Writer;
 use crate::{legacy, pci, queue, virtio_pci};
 
@@ -28,6 +30,44 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
             "boot_x86_64",
             "elf-pvh",
             boot(1, 1, "root=/dev/vda", &elf_pvh()),
+        );
+        let long = emulator::PAGING | emulator::LONG | emulator::PAE;
+        let regs = |rax: u64, rcx: u64, rsi: u64, rdi: u64| {
+            let mut g = [0u64; 16];
+            (g[0], g[1], g[3], g[6], g[7]) = (rax, rcx, 0x1122_3344, rsi, rdi);
+            g
+        };
+        let dev = 0x4000_0000u64;
+        add(
+            "emulator",
+            "mov-store",
+            emulator::seed(long, regs(dev + 0x10, 0, 0, 0), &[0x89, 0x18]),
+        );
+        add(
+            "emulator",
+            "rep-movsb",
+            emulator::seed(long, regs(0, 5, 0x9000, dev), &[0xf3, 0xa4]),
+        );
+        add(
+            "emulator",
+            "or-byte",
+            emulator::seed(long, regs(0, 0, 0, dev), &[0x80, 0x4f, 0x08, 0x80]),
+        );
+        let mut moffs = vec![0x48, 0xa1];
+        moffs.extend_from_slice(&(dev + 0x20).to_le_bytes());
+        add(
+            "emulator",
+            "mov-moffs",
+            emulator::seed(long, regs(0, 0, 0, 0), &moffs),
+        );
+        add(
+            "emulator",
+            "protected-mode-store",
+            emulator::seed(
+                emulator::CS_DB,
+                regs(0xfec0_0000, 0, 0, 0),
+                &[0x66, 0x89, 0x18],
+            ),
         );
         for (i, cfg) in [[0u8; 8], [1; 8], [0xff; 8], [0x40, 0, 0, 0x80, 7, 0, 0, 0]]
             .iter()
