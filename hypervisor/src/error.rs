@@ -3,8 +3,9 @@ use thiserror::Error;
 /// Errors of the hypervisor layer. Messages name the problem and, where one exists, the fix.
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error("{path} does not exist: load the KVM module (modprobe kvm_intel or kvm_amd) or enable virtualization in the firmware")]
-    DeviceMissing { path: String },
+    /// `fix` is the backend's own advice.
+    #[error("{path} does not exist: {fix}")]
+    DeviceMissing { path: String, fix: &'static str },
     #[error("no permission to open {path}: add your user to the 'kvm' group or run as root")]
     DeviceAccess { path: String },
     #[error("cannot open {path}: {source}")]

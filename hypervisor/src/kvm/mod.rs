@@ -60,7 +60,10 @@ impl KvmHypervisor {
         let kvm = Kvm::new().map_err(|e| {
             let path = KVM_PATH.to_string();
             match e.errno() {
-                libc::ENOENT => Error::DeviceMissing { path },
+                libc::ENOENT => Error::DeviceMissing {
+                    path,
+                    fix: "load the KVM module (modprobe kvm_intel or kvm_amd) or enable virtualization in the firmware",
+                },
                 libc::EACCES | libc::EPERM => Error::DeviceAccess { path },
                 _ => Error::DeviceOpen {
                     path,
