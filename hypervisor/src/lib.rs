@@ -19,6 +19,8 @@ mod exit;
 pub mod irq;
 #[cfg(feature = "kvm")]
 pub mod kvm;
+#[cfg(all(feature = "mshv", target_arch = "x86_64"))]
+pub mod mshv;
 
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
@@ -44,12 +46,15 @@ use arch::{HypervisorArch, IrqChipConfig, VcpuArch, VmArch};
 pub enum HypervisorKind {
     /// Linux KVM through /dev/kvm.
     Kvm,
+    /// Microsoft Hypervisor through /dev/mshv (Linux in Hyper-V's root partition; x86_64).
+    Mshv,
 }
 
 impl std::fmt::Display for HypervisorKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             HypervisorKind::Kvm => f.write_str("kvm"),
+            HypervisorKind::Mshv => f.write_str("mshv"),
         }
     }
 }
@@ -184,6 +189,8 @@ pub fn install_kick_handler() -> Result<()> {
 const BACKENDS: &[HypervisorKind] = &[
     #[cfg(feature = "kvm")]
     HypervisorKind::Kvm,
+    #[cfg(all(feature = "mshv", target_arch = "x86_64"))]
+    HypervisorKind::Mshv,
 ];
 
 /// Opens the hypervisor named by `kind`, or for `None` ("auto") the first built-in backend
@@ -225,5 +232,9 @@ fn open_backend(kind: HypervisorKind) -> Result<Arc<dyn Hypervisor>> {
         HypervisorKind::Kvm => Ok(Arc::new(kvm::KvmHypervisor::new()?)),
         #[cfg(not(feature = "kvm"))]
         HypervisorKind::Kvm => Err(Error::NotBuilt(kind)),
+        #[cfg(all(feature = "mshv", target_arch = "x86_64"))]
+        HypervisorKind::Mshv => Ok(Arc::new(mshv::MshvHypervisor::new()?)),
+        #[cfg(not(all(feature = "mshv", target_arch = "x86_64")))]
+        HypervisorKind::Mshv => Err(Error::NotBuilt(kind)),
     }
 }

@@ -333,6 +333,8 @@ pub enum HypervisorChoice {
     Auto,
     /// Linux KVM (/dev/kvm).
     Kvm,
+    /// Microsoft Hypervisor (/dev/mshv; x86_64, a berth built with the mshv feature).
+    Mshv,
 }
 
 impl HypervisorChoice {
@@ -341,6 +343,7 @@ impl HypervisorChoice {
         match self {
             HypervisorChoice::Auto => None,
             HypervisorChoice::Kvm => Some(hypervisor::HypervisorKind::Kvm),
+            HypervisorChoice::Mshv => Some(hypervisor::HypervisorKind::Mshv),
         }
     }
 }
