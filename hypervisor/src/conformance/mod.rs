@@ -4,11 +4,11 @@
 //! trips, system events). A porter runs it while writing a backend; `berth check` runs it on a
 //! user's machine. Each case says PASS, FAIL (with what differed) or SKIP (with why).
 
-// The aarch64 cases are not written yet: until they are, the shared parts go unused there.
-#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 mod guest_ram;
 mod recorder;
+mod run;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 
@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crate::Hypervisor;
 
+use recorder::Recorder;
 pub use recorder::{Access, AccessKind};
 
 /// How long one case may take before it counts as hung (the vCPU never came back).
@@ -50,6 +51,32 @@ fn check(cond: bool, msg: impl FnOnce() -> String) -> CaseResult {
     }
 }
 
+/// Fails unless the backend handed over exactly `want`.
+fn expect_accesses(got: &[Access], want: &[Access]) -> CaseResult {
+    check(got == want, || {
+        format!("accesses differ:\n  want {want:?}\n  got  {got:?}")
+    })
+}
+
+/// For guests that read once per width and store each result zero-extended to `slot` bytes:
+/// the reads the handler must see (read `n` is `at(n)`) and the bytes the guest must store.
+fn reads_and_stores(
+    widths: &[usize],
+    slot: usize,
+    at: impl Fn(usize) -> (AccessKind, u64),
+) -> (Vec<Access>, Vec<u8>) {
+    let mut want = Vec::new();
+    let mut stored = Vec::new();
+    for (n, &w) in widths.iter().enumerate() {
+        let ans = Recorder::answer(n as u8, w);
+        let (kind, addr) = at(n);
+        want.push(Access::new(kind, addr, &ans));
+        stored.extend(&ans);
+        stored.resize(stored.len() + slot - w, 0);
+    }
+    (want, stored)
+}
+
 /// One check of the kit.
 pub struct Case {
     /// Short name, stable (used in tests and by `berth check --case`).
@@ -71,8 +98,8 @@ pub struct CaseReport {
 pub fn cases() -> &'static [Case] {
     #[cfg(target_arch = "x86_64")]
     return x86_64::CASES;
-    #[cfg(not(target_arch = "x86_64"))]
-    return &[];
+    #[cfg(target_arch = "aarch64")]
+    return aarch64::CASES;
 }
 
 /// Runs every case whose name `filter` accepts against `hv`, one after the other. A case that

@@ -37,8 +37,10 @@ impl Access {
     }
 }
 
-/// Port the kit's guests write to when they are done.
+/// Port the kit's x86_64 guests write to when they are done.
 pub const DONE_PORT: u16 = 0x5ff;
+/// Address the kit's aarch64 guests (no ports) write to when they are done.
+pub const DONE_MMIO: u64 = 0x0fff_f000;
 
 /// Records accesses; read number `n` (counting from 0, over all reads) answers bytes
 /// `0x10*n + 1, 0x10*n + 2, ...`, so each read's data is distinct and ordered.
@@ -56,22 +58,23 @@ impl Recorder {
             .collect()
     }
 
-    /// Every access so far except the final write to [`DONE_PORT`].
+    /// Every access so far except the final write to [`DONE_PORT`] or [`DONE_MMIO`].
     pub fn accesses(&self) -> Vec<Access> {
         let log = self.log.borrow();
         let end = log.len() - usize::from(self.done());
         log[..end].to_vec()
     }
 
-    /// The guest wrote to [`DONE_PORT`] last.
+    /// The guest wrote to [`DONE_PORT`] or [`DONE_MMIO`] last.
     pub fn done(&self) -> bool {
-        self.log
-            .borrow()
-            .last()
-            .is_some_and(|a| a.kind == AccessKind::PioWrite && a.addr == u64::from(DONE_PORT))
+        self.log.borrow().last().is_some_and(|a| {
+            (a.kind == AccessKind::PioWrite && a.addr == u64::from(DONE_PORT))
+                || (a.kind == AccessKind::MmioWrite && a.addr == DONE_MMIO)
+        })
     }
 
     /// Writes to `port` so far.
+    #[cfg(target_arch = "x86_64")]
     pub fn writes_to(&self, port: u16) -> usize {
         self.log
             .borrow()

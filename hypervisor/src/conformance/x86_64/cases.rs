@@ -2,16 +2,16 @@
 //! guest did.
 
 use std::sync::{Arc, Barrier};
-use std::time::Duration;
 
 use super::asm::Asm;
 use super::guest::{run_vcpu, Guest, CODE, DATA, IDT, MMIO, RAM_SIZE};
 use crate::arch::{IrqChipMode, Regs};
-use crate::conformance::recorder::{Access, AccessKind, AccessKind::*, Recorder};
-use crate::conformance::{check, step, Case, CaseResult, Outcome};
-use crate::{
-    Datamatch, EventFd, Hypervisor, IoEventAddress, IrqRoute, Kicker, MsiMessage, VcpuExit,
+use crate::conformance::recorder::{Access, AccessKind::*, Recorder};
+use crate::conformance::run::kick_out_of_run;
+use crate::conformance::{
+    check, expect_accesses, reads_and_stores, step, Case, CaseResult, Outcome,
 };
+use crate::{Datamatch, EventFd, Hypervisor, IoEventAddress, IrqRoute, MsiMessage, VcpuExit};
 
 pub static CASES: &[Case] = &[
     Case {
@@ -120,12 +120,6 @@ pub static CASES: &[Case] = &[
 const PORT: u16 = 0x510;
 const WIDTHS: [usize; 3] = [1, 2, 4];
 
-fn expect_accesses(got: &[Access], want: &[Access]) -> CaseResult {
-    check(got == want, || {
-        format!("accesses differ:\n  want {want:?}\n  got  {got:?}")
-    })
-}
-
 fn run_to_done(g: &mut Guest, io: &Recorder) -> CaseResult {
     let exits = g.run(io)?;
     check(exits.is_empty(), || {
@@ -153,25 +147,6 @@ fn port_out(hv: &dyn Hypervisor) -> CaseResult {
         })
         .collect();
     expect_accesses(&io.accesses(), &want)
-}
-
-/// For guests that read once per width and store each result zero-extended to `slot` bytes:
-/// the reads the handler must see (read `n` is `at(n)`) and the bytes the guest must store.
-fn reads_and_stores(
-    widths: &[usize],
-    slot: usize,
-    at: impl Fn(usize) -> (AccessKind, u64),
-) -> (Vec<Access>, Vec<u8>) {
-    let mut want = Vec::new();
-    let mut stored = Vec::new();
-    for (n, &w) in widths.iter().enumerate() {
-        let ans = Recorder::answer(n as u8, w);
-        let (kind, addr) = at(n);
-        want.push(Access::new(kind, addr, &ans));
-        stored.extend(&ans);
-        stored.resize(stored.len() + slot - w, 0);
-    }
-    (want, stored)
 }
 
 fn port_in(hv: &dyn Hypervisor) -> CaseResult {
@@ -412,24 +387,7 @@ fn ioeventfd(hv: &dyn Hypervisor) -> CaseResult {
 
 fn kick(hv: &dyn Hypervisor) -> CaseResult {
     let mut g = Guest::new(hv, &Asm::default().spin().0, 1, None)?;
-    let kicker = Kicker::for_current_thread();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let kicks = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(50));
-        // Repeat until the vCPU is out: a kick just before entry is not seen.
-        use std::sync::mpsc::RecvTimeoutError::Timeout;
-        while rx.recv_timeout(Duration::from_millis(10)) == Err(Timeout) {
-            kicker.kick();
-        }
-    });
-    let io = Recorder::default();
-    let r = g.vcpus[0].run(&io);
-    drop(tx);
-    let _ = kicks.join();
-    let exit = step("run", r)?;
-    check(matches!(exit, VcpuExit::Interrupted), || {
-        format!("want Interrupted, got {exit:?}")
-    })
+    kick_out_of_run(&mut *g.vcpus[0])
 }
 
 fn triple_fault(hv: &dyn Hypervisor) -> CaseResult {

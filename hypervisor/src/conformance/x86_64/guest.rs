@@ -2,13 +2,13 @@
 //! running code placed at [`CODE`].
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use super::super::guest_ram::GuestRam;
 use super::super::recorder::Recorder;
+pub use super::super::run::run_vcpu;
 use super::super::{step, Outcome};
 use crate::arch::{DescriptorTable, IrqChipConfig, IrqChipMode, Regs, Segment, Sregs};
-use crate::{Error, Hypervisor, IrqChip, Kicker, MemoryRegion, Vcpu, VcpuExit, Vm};
+use crate::{Error, Hypervisor, IrqChip, MemoryRegion, Vcpu, VcpuExit, Vm};
 
 pub const RAM_SIZE: u64 = 2 << 20;
 const GDT: u64 = 0x500;
@@ -22,9 +22,6 @@ pub const CODE: u64 = 0x10000;
 pub const DATA: u64 = 0x20000;
 /// An address in the identity map with no memory behind it: accesses are MMIO.
 pub const MMIO: u64 = 0xd000_0000;
-
-/// How long a guest may run before the kit gives up and kicks it out.
-const RUN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Null, 64-bit code, data, TSS (the encodings berth's boot GDT uses).
 const GDT_ENTRIES: [u64; 4] = [
@@ -158,79 +155,6 @@ impl Guest {
     /// Runs vCPU 0 until the guest writes the done port. See [`run_vcpu`].
     pub fn run(&mut self, io: &Recorder) -> Result<Vec<VcpuExit>, Outcome> {
         run_vcpu(&mut *self.vcpus[0], io, |_| Ok(false))
-    }
-}
-
-/// Runs `vcpu` until the guest writes the done port, halts or stops, or `after_io` (called
-/// after each I/O exit) says it is finished; returns the exit that ended the run unless it was
-/// I/O. A guest still running after a few seconds is kicked out: FAIL.
-pub fn run_vcpu(
-    vcpu: &mut dyn Vcpu,
-    io: &Recorder,
-    mut after_io: impl FnMut(&Recorder) -> Result<bool, Outcome>,
-) -> Result<Vec<VcpuExit>, Outcome> {
-    let watchdog = Watchdog::start(RUN_TIMEOUT);
-    let start = Instant::now();
-    let mut exits = Vec::new();
-    loop {
-        match step("run", vcpu.run(io))? {
-            VcpuExit::Io => {
-                if after_io(io)? || io.done() {
-                    return Ok(exits);
-                }
-            }
-            VcpuExit::Interrupted if start.elapsed() >= RUN_TIMEOUT => {
-                drop(watchdog);
-                return Err(Outcome::Fail(format!(
-                    "the guest did not finish within {} s (accesses so far: {:?})",
-                    RUN_TIMEOUT.as_secs(),
-                    io.accesses()
-                )));
-            }
-            VcpuExit::Interrupted => {}
-            other => {
-                exits.push(other);
-                return Ok(exits);
-            }
-        }
-    }
-}
-
-/// Kicks the thread that made it, every 10 ms from `after` on, until dropped.
-pub struct Watchdog {
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Watchdog {
-    pub fn start(after: Duration) -> Self {
-        let kicker = Kicker::for_current_thread();
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            use std::sync::mpsc::RecvTimeoutError::Timeout;
-            if rx.recv_timeout(after) != Err(Timeout) {
-                return;
-            }
-            loop {
-                kicker.kick();
-                if rx.recv_timeout(Duration::from_millis(10)) != Err(Timeout) {
-                    return;
-                }
-            }
-        });
-        Watchdog {
-            stop: Some(tx),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.stop.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
