@@ -70,6 +70,42 @@ pub trait Hypervisor: HypervisorArch + Send + Sync {
     /// The ioctl requests berth's threads make on this backend's fds once the VM runs,
     /// for their seccomp filters.
     fn runtime_ioctls(&self) -> RuntimeIoctls;
+    /// What this backend offers beyond the traits' minimum, on this host.
+    fn capabilities(&self) -> Capabilities;
+}
+
+/// What a backend offers beyond what every backend must, as found on this host. The VMM
+/// and `berth check` consult it; a case or option that needs what is missing says so.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The whole interrupt controller in the hypervisor (`IrqChipMode::Kernel`; on aarch64
+    /// the GIC, always).
+    pub irqchip_kernel: bool,
+    /// Only the local APICs in the hypervisor, the IOAPIC the VMM's (`IrqChipMode::Split`;
+    /// x86_64).
+    pub irqchip_split: bool,
+    /// Read-only memory slots, whose writes exit as MMIO.
+    pub readonly_memory: bool,
+    /// Ioeventfds on I/O ports (x86_64); MMIO ioeventfds every backend has.
+    pub pio_ioeventfd: bool,
+    /// The hypervisor decodes MMIO instructions itself; otherwise the backend runs
+    /// `emulator` on each access (x86_64).
+    pub decodes_mmio: bool,
+}
+
+impl std::fmt::Display for Capabilities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let yes_no = |b: bool| if b { "yes" } else { "no" };
+        write!(
+            f,
+            "in-kernel irqchip {}, split irqchip {}, read-only memory {}, port ioeventfds {}, MMIO decoded by {}",
+            yes_no(self.irqchip_kernel),
+            yes_no(self.irqchip_split),
+            yes_no(self.readonly_memory),
+            yes_no(self.pio_ioeventfd),
+            if self.decodes_mmio { "the hypervisor" } else { "berth's emulator" }
+        )
+    }
 }
 
 /// The ioctl requests a VM's threads make once it runs, by kind of thread: a seccomp filter
@@ -236,5 +272,25 @@ fn open_backend(kind: HypervisorKind) -> Result<Arc<dyn Hypervisor>> {
         HypervisorKind::Mshv => Ok(Arc::new(mshv::MshvHypervisor::new()?)),
         #[cfg(not(all(feature = "mshv", target_arch = "x86_64")))]
         HypervisorKind::Mshv => Err(Error::NotBuilt(kind)),
+    }
+}
+
+#[cfg(test)]
+mod capabilities_tests {
+    use super::Capabilities;
+
+    #[test]
+    fn capabilities_read_as_one_line() {
+        let c = Capabilities {
+            irqchip_kernel: false,
+            irqchip_split: true,
+            readonly_memory: true,
+            pio_ioeventfd: false,
+            decodes_mmio: false,
+        };
+        assert_eq!(
+            c.to_string(),
+            "in-kernel irqchip no, split irqchip yes, read-only memory yes, port ioeventfds no, MMIO decoded by berth's emulator"
+        );
     }
 }

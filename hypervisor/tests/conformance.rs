@@ -119,6 +119,9 @@ impl Hypervisor for CountlessBackend {
     fn runtime_ioctls(&self) -> RuntimeIoctls {
         self.0.runtime_ioctls()
     }
+    fn capabilities(&self) -> hypervisor::Capabilities {
+        self.0.capabilities()
+    }
 }
 
 impl HypervisorArch for CountlessBackend {

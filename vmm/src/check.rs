@@ -30,6 +30,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     // The kit's case threads may outlive a hung case; the handle lives for the process.
     let hv: &'static dyn hypervisor::Hypervisor = &**Box::leak(Box::new(hv));
     println!("hypervisor: {}", hv.kind());
+    println!("capabilities: {}", hv.capabilities());
     let reports = conformance::run(hv, |name| {
         args.cases.is_empty() || args.cases.iter().any(|c| c == name)
     });

@@ -48,6 +48,12 @@ pub enum Error {
     Sandbox { device: String, why: String },
     #[error("berth's seccomp filters: {0}")]
     Filter(sandbox::Error),
+    #[error("--irqchip {wanted}: the {backend} backend has no such interrupt controller on this host; use --irqchip {other}")]
+    IrqchipMode {
+        wanted: &'static str,
+        other: &'static str,
+        backend: String,
+    },
     #[cfg(target_arch = "aarch64")]
     #[error("--irqchip split: aarch64 has no split interrupt controller (the GIC is the hypervisor's); use --irqchip kernel")]
     SplitIrqchipUnsupported,

@@ -11,7 +11,7 @@ use hypervisor::{Kicker, SystemEvent};
 
 use devices::virtio::blk::{self, DiskImage};
 
-use crate::cli::{ConsoleChoice, RunArgs, SerialDest};
+use crate::cli::{ConsoleChoice, IrqchipChoice, RunArgs, SerialDest};
 use crate::error::{Error, Result};
 use crate::events::{Outcome, VmEvent};
 use crate::filters::Filter;
@@ -111,6 +111,20 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
         return Err(Error::TooManyCpus {
             requested: args.cpus,
             max,
+            backend: hv.kind().to_string(),
+        });
+    }
+    // The interrupt controller the user chose must be one the backend has (MSHV: split only).
+    let caps = hv.capabilities();
+    let (offered, wanted, other) = match args.irqchip {
+        IrqchipChoice::Kernel => (caps.irqchip_kernel, "kernel", "split"),
+        IrqchipChoice::Split => (caps.irqchip_split, "split", "kernel"),
+    };
+    // aarch64 refuses split by itself below, with its own reason.
+    if !offered && (cfg!(target_arch = "x86_64") || args.irqchip == IrqchipChoice::Kernel) {
+        return Err(Error::IrqchipMode {
+            wanted,
+            other,
             backend: hv.kind().to_string(),
         });
     }

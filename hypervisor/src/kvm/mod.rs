@@ -97,6 +97,19 @@ impl Hypervisor for KvmHypervisor {
         requests::runtime_ioctls()
     }
 
+    fn capabilities(&self) -> crate::Capabilities {
+        crate::Capabilities {
+            irqchip_kernel: self.kvm.check_extension(Cap::Irqchip),
+            #[cfg(target_arch = "x86_64")]
+            irqchip_split: self.kvm.check_extension(Cap::SplitIrqchip),
+            #[cfg(not(target_arch = "x86_64"))]
+            irqchip_split: false,
+            readonly_memory: self.kvm.check_extension(Cap::ReadonlyMem),
+            pio_ioeventfd: cfg!(target_arch = "x86_64") && self.kvm.check_extension(Cap::Ioeventfd),
+            decodes_mmio: true,
+        }
+    }
+
     fn create_vm(&self) -> Result<Arc<dyn Vm>> {
         let fd = self
             .kvm

@@ -98,6 +98,16 @@ impl Hypervisor for MshvHypervisor {
         crate::RuntimeIoctls { vcpu, vm }
     }
 
+    fn capabilities(&self) -> crate::Capabilities {
+        crate::Capabilities {
+            irqchip_kernel: false,
+            irqchip_split: true,
+            readonly_memory: true,
+            pio_ioeventfd: false,
+            decodes_mmio: false,
+        }
+    }
+
     fn create_vm(&self) -> Result<Arc<dyn Vm>> {
         let fd = self
             .mshv
