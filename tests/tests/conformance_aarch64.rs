@@ -45,6 +45,7 @@ fn berth_check_passes_on_aarch64_kvm() {
         "psci-system-off",
         "psci-system-reset",
         "psci-cpu-on",
+        "spi-irqfd",
         "kick",
     ] {
         assert!(

@@ -1,6 +1,7 @@
 //! The A64 instructions the kit's guests use, encoded by hand (a handful of fixed encodings;
 //! an assembler crate would be a heavy dependency for them). Registers are numbers 0-30.
 
+use crate::arch::SysReg;
 use crate::conformance::recorder::DONE_MMIO;
 
 /// Register x28 holds the done address in every guest.
@@ -38,6 +39,51 @@ impl Asm {
         self.op(size_bits(width) | 0x0040_0000 | u32::from(rn) << 5 | u32::from(rt))
     }
 
+    /// MSR `reg`, `rt`.
+    pub fn msr(&mut self, reg: SysReg, rt: u8) -> &mut Self {
+        self.op(0xd510_0000 | sysreg_bits(reg) | u32::from(rt))
+    }
+
+    /// MRS `rt`, `reg`.
+    pub fn mrs(&mut self, rt: u8, reg: SysReg) -> &mut Self {
+        self.op(0xd530_0000 | sysreg_bits(reg) | u32::from(rt))
+    }
+
+    pub fn isb(&mut self) -> &mut Self {
+        self.op(0xd503_3fdf)
+    }
+
+    /// MSR DAIFClr, #2: take IRQs.
+    pub fn unmask_irq(&mut self) -> &mut Self {
+        self.op(0xd503_42ff)
+    }
+
+    pub fn wfi(&mut self) -> &mut Self {
+        self.op(0xd503_207f)
+    }
+
+    pub fn eret(&mut self) -> &mut Self {
+        self.op(0xd69f_03e0)
+    }
+
+    /// The offset of the next instruction.
+    pub fn here(&self) -> usize {
+        self.0.len()
+    }
+
+    /// B to the instruction at offset `target` of this code.
+    pub fn b_to(&mut self, target: usize) -> &mut Self {
+        let delta = (target as i64 - self.here() as i64) / 4;
+        self.op(0x1400_0000 | (delta as u32 & 0x03ff_ffff))
+    }
+
+    /// Pads with zeros to offset `at` (vector table entries sit at fixed offsets).
+    pub fn pad_to(&mut self, at: usize) -> &mut Self {
+        assert!(self.0.len() <= at, "kit guest code overlaps at {at:#x}");
+        self.0.resize(at, 0);
+        self
+    }
+
     /// HVC #0: a PSCI call (function in x0).
     pub fn hvc(&mut self) -> &mut Self {
         self.op(0xd400_0002)
@@ -52,6 +98,15 @@ impl Asm {
     pub fn done(&mut self) -> &mut Self {
         self.mov64(DONE_REG, DONE_MMIO).str(4, 31, DONE_REG).spin()
     }
+}
+
+/// The op0 (as o0), op1, CRn, CRm and op2 fields of MRS/MSR.
+fn sysreg_bits(r: SysReg) -> u32 {
+    u32::from(r.op0 & 1) << 19
+        | u32::from(r.op1) << 16
+        | u32::from(r.crn) << 12
+        | u32::from(r.crm) << 8
+        | u32::from(r.op2) << 5
 }
 
 /// The size field and opcode of the unsigned-offset load/store forms, offset 0.
@@ -87,7 +142,13 @@ mod tests {
             .ldr(1, 6, 1)
             .ldr(8, 9, 5)
             .hvc()
-            .spin();
+            .spin()
+            .mrs(0, SysReg::new(3, 0, 12, 12, 0))
+            .msr(SysReg::new(3, 0, 12, 0, 0), 0)
+            .unmask_irq()
+            .wfi()
+            .eret()
+            .b_to(0);
         assert_eq!(
             words(&a),
             [
@@ -101,6 +162,12 @@ mod tests {
                 0xf940_00a9, // ldr x9, [x5]
                 0xd400_0002, // hvc #0
                 0x1400_0000, // b .
+                0xd538_cc00, // mrs x0, icc_iar1_el1
+                0xd518_c000, // msr vbar_el1, x0
+                0xd503_42ff, // msr daifclr, #2
+                0xd503_207f, // wfi
+                0xd69f_03e0, // eret
+                0x17ff_fff1, // b <start>
             ]
         );
     }

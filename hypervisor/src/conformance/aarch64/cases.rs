@@ -2,8 +2,8 @@
 //! guest did.
 
 use super::asm::Asm;
-use super::guest::{run_vcpu, Guest, CODE, DATA, MMIO};
-use crate::arch::Reg;
+use super::guest::{run_vcpu, Guest, CODE, DATA, GIC_DIST, MMIO};
+use crate::arch::{GicVersion, Reg, SysReg};
 use crate::conformance::recorder::{Access, AccessKind::*, Recorder};
 use crate::conformance::run::kick_out_of_run;
 use crate::conformance::{
@@ -56,6 +56,11 @@ pub static CASES: &[Case] = &[
         name: "psci-cpu-on",
         what: "a second vCPU, powered off, starts on PSCI CPU_ON and runs beside the first",
         run: psci_cpu_on,
+    },
+    Case {
+        name: "spi-irqfd",
+        what: "an irqfd on a GIC SPI interrupts the guest, also after deassign, signal, reassign",
+        run: spi_irqfd,
     },
     Case {
         name: "kick",
@@ -310,6 +315,106 @@ fn psci_cpu_on(hv: &dyn Hypervisor) -> CaseResult {
         &second_accesses,
         &[Access::new(MmioWrite, MMIO + 0x100, &CONTEXT.to_le_bytes())],
     )
+}
+
+/// GSI 5 is SPI 5, INTID 37.
+const SPI_GSI: u32 = 5;
+const SPI_INTID: u64 = 32 + SPI_GSI as u64;
+const READY: u64 = MMIO + 0x100;
+const REPORT: u64 = MMIO + 0x200;
+const FAULT: u64 = MMIO + 0x300;
+const VBAR_OFFSET: usize = 0x800;
+
+/// A GICv3 guest: the distributor routes INTID 37 (edge, group 1) to CPU 0, the CPU interface
+/// takes group 1, IRQs are unmasked; it says READY, then waits. Its IRQ vector reports each
+/// INTID it acknowledges at REPORT and ends it; any synchronous exception reports ESR_EL1 at
+/// FAULT.
+fn gic_guest() -> Vec<u8> {
+    let icc_iar1 = SysReg::new(3, 0, 12, 12, 0);
+    let icc_eoir1 = SysReg::new(3, 0, 12, 12, 1);
+    let icc_pmr = SysReg::new(3, 0, 4, 6, 0);
+    let icc_igrpen1 = SysReg::new(3, 0, 12, 12, 7);
+    let vbar = SysReg::new(3, 0, 12, 0, 0);
+    let esr = SysReg::new(3, 0, 5, 2, 0);
+    let reg = (SPI_INTID / 32) * 4;
+    let bit = 1u64 << (SPI_INTID % 32);
+    let mut a = Asm::default();
+    a.mov64(1, CODE + VBAR_OFFSET as u64).msr(vbar, 1).isb();
+    for (offset, value, width) in [
+        (0x0, 0x3, 4),        // GICD_CTLR: group 0 and 1 on
+        (0x80 + reg, bit, 4), // GICD_IGROUPR: group 1
+        (0xc00 + (SPI_INTID / 16) * 4, 2 << ((SPI_INTID % 16) * 2), 4), // GICD_ICFGR: edge
+        (0x6000 + SPI_INTID * 8, 0, 8), // GICD_IROUTER: CPU 0
+        (0x100 + reg, bit, 4), // GICD_ISENABLER
+    ] {
+        a.mov64(1, GIC_DIST + offset)
+            .mov64(2, value)
+            .str(width, 2, 1);
+    }
+    a.mov64(2, 0xf0).msr(icc_pmr, 2);
+    a.mov64(2, 1).msr(icc_igrpen1, 2).isb().unmask_irq();
+    a.mov64(5, READY).str(4, 31, 5);
+    let wait = a.here();
+    a.wfi().b_to(wait);
+    // The vector table: current EL with SP_ELx, synchronous at 0x200, IRQ at 0x280.
+    a.pad_to(VBAR_OFFSET + 0x200);
+    a.mrs(0, esr).mov64(1, FAULT).str(8, 0, 1).spin();
+    a.pad_to(VBAR_OFFSET + 0x280);
+    a.mrs(0, icc_iar1)
+        .mov64(1, REPORT)
+        .str(4, 0, 1)
+        .msr(icc_eoir1, 0)
+        .eret();
+    a.0
+}
+
+fn spi_irqfd(hv: &dyn Hypervisor) -> CaseResult {
+    let mut g = Guest::with_gic(hv, &gic_guest())?;
+    let chip = g.chip.clone().expect("a GIC was asked for");
+    if chip.gic_version() == GicVersion::V2 {
+        return Err(Outcome::Skip(
+            "the host gave a GICv2; the case's guest programs a GICv3".into(),
+        ));
+    }
+    let evt = step("eventfd", EventFd::new(libc::EFD_NONBLOCK))?;
+    step("register an irqfd", chip.register_irqfd(&evt, SPI_GSI))?;
+    let io = Recorder::default();
+    let reports = |io: &Recorder| -> Vec<u64> {
+        io.accesses()
+            .iter()
+            .filter(|a| a.addr == REPORT)
+            .map(|a| u64::from(u32::from_le_bytes(a.data[..4].try_into().unwrap())))
+            .collect()
+    };
+    let exits = run_vcpu(&mut *g.vcpus[0], &io, |io| {
+        let Some(last) = io.accesses().last().cloned() else {
+            return Ok(false);
+        };
+        match last.addr {
+            READY => step("signal the irqfd", evt.write(1))?,
+            FAULT => {
+                return Err(Outcome::Fail(format!(
+                    "the guest took an exception, ESR_EL1 {:x?}",
+                    last.data
+                )))
+            }
+            REPORT if reports(io).len() == 1 => {
+                // The device boundary's MSI-X masking relies on this: a signal while the fd
+                // is deassigned is delivered when it is assigned again.
+                step("deassign the irqfd", chip.unregister_irqfd(&evt, SPI_GSI))?;
+                step("signal the irqfd", evt.write(1))?;
+                step("reassign the irqfd", chip.register_irqfd(&evt, SPI_GSI))?;
+            }
+            REPORT => return Ok(true),
+            _ => {}
+        }
+        Ok(false)
+    })?;
+    check(exits.is_empty(), || format!("the guest stopped: {exits:?}"))?;
+    let got = reports(&io);
+    check(got == [SPI_INTID, SPI_INTID], || {
+        format!("the guest acknowledged {got:?}, want INTID {SPI_INTID} twice")
+    })
 }
 
 fn kick(hv: &dyn Hypervisor) -> CaseResult {

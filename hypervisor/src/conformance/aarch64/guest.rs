@@ -8,8 +8,8 @@ use super::super::guest_ram::GuestRam;
 use super::super::recorder::Recorder;
 pub use super::super::run::run_vcpu;
 use super::super::{step, Outcome};
-use crate::arch::{pstate, Reg};
-use crate::{Hypervisor, MemoryRegion, Vcpu, VcpuExit, Vm};
+use crate::arch::{pstate, IrqChipConfig, Reg};
+use crate::{Hypervisor, IrqChip, MemoryRegion, Vcpu, VcpuExit, Vm};
 
 pub const RAM: u64 = 0x4000_0000;
 pub const RAM_SIZE: u64 = 2 << 20;
@@ -20,8 +20,15 @@ const STACK_TOP: u64 = RAM + 0xf000;
 /// An address with no memory behind it: accesses are MMIO.
 pub const MMIO: u64 = 0x1000_0000;
 
+/// Where the GIC goes when a case wants one (QEMU virt's addresses).
+pub const GIC_DIST: u64 = 0x0800_0000;
+const GIC_REDIST: u64 = 0x080a_0000;
+const GIC_CPU: u64 = 0x0801_0000;
+pub const GIC_SPIS: u32 = 64;
+
 pub struct Guest {
     pub vm: Arc<dyn Vm>,
+    pub chip: Option<Arc<dyn IrqChip>>,
     pub vcpus: Vec<Box<dyn Vcpu>>,
     /// After `vm` and `vcpus`: dropped once the VM is gone.
     pub ram: GuestRam,
@@ -30,9 +37,18 @@ pub struct Guest {
 }
 
 impl Guest {
-    /// A VM with RAM and `vcpus` vCPUs at EL1 at [`CODE`] (`code` copied there). No
-    /// interrupt controller: the cases need none yet.
+    /// A VM with RAM and `vcpus` vCPUs at EL1 at [`CODE`] (`code` copied there), without an
+    /// interrupt controller.
     pub fn new(hv: &dyn Hypervisor, code: &[u8], vcpus: u32) -> Result<Self, Outcome> {
+        Self::build(hv, code, vcpus, false)
+    }
+
+    /// The same with one vCPU and a GIC at [`GIC_DIST`] (and its redistributor).
+    pub fn with_gic(hv: &dyn Hypervisor, code: &[u8]) -> Result<Self, Outcome> {
+        Self::build(hv, code, 1, true)
+    }
+
+    fn build(hv: &dyn Hypervisor, code: &[u8], vcpus: u32, gic: bool) -> Result<Self, Outcome> {
         let vm = step("create a VM", hv.create_vm())?;
         let mut ram = step("map guest RAM", GuestRam::new(RAM_SIZE as usize))?;
         ram.write(CODE - RAM, code);
@@ -45,6 +61,22 @@ impl Guest {
         };
         // SAFETY: `ram` lives in the returned Guest, declared after `vm`, so it outlives it.
         step("add the RAM slot", unsafe { vm.add_memory_region(region) })?;
+        let chip = if gic {
+            let config = IrqChipConfig {
+                vcpus,
+                spis: GIC_SPIS,
+                dist: GIC_DIST,
+                redist: GIC_REDIST,
+                cpu_interface: GIC_CPU,
+                its: None,
+            };
+            Some(step(
+                "create the interrupt controller",
+                vm.create_irq_chip(&config),
+            )?)
+        } else {
+            None
+        };
         let mut all = Vec::new();
         for id in 0..vcpus {
             let vcpu = step("create a vCPU", vm.create_vcpu(id))?;
@@ -62,8 +94,12 @@ impl Guest {
             )?;
             all.push(vcpu);
         }
+        if let Some(chip) = &chip {
+            step("finalize the interrupt controller", chip.finalize())?;
+        }
         Ok(Guest {
             vm,
+            chip,
             vcpus: all,
             ram,
             slots: Vec::new(),
