@@ -23,20 +23,31 @@ const APIC_LVT1: usize = 0x360;
 const APIC_MODE_NMI: u32 = 0x4;
 const APIC_MODE_EXTINT: u32 = 0x7;
 
-/// MSRs a freshly booted kernel expects in a known state (as Firecracker sets them).
+/// MSRs a freshly booted kernel expects in a known state (as Firecracker sets them). Every
+/// backend must take these.
 fn boot_msrs() -> Vec<Msr> {
+    [
+        (0x174, 0),       // IA32_SYSENTER_CS
+        (0x175, 0),       // IA32_SYSENTER_ESP
+        (0x176, 0),       // IA32_SYSENTER_EIP
+        (0xc000_0081, 0), // STAR
+        (0xc000_0082, 0), // LSTAR
+        (0xc000_0083, 0), // CSTAR
+        (0xc000_0084, 0), // SYSCALL_MASK
+        (0xc000_0102, 0), // KERNEL_GS_BASE
+        (0x10, 0),        // IA32_TSC
+    ]
+    .into_iter()
+    .map(|(index, value)| Msr { index, value })
+    .collect()
+}
+
+/// MSRs worth setting where the backend models them (KVM does; a hypervisor that keeps them
+/// to itself, as MSHV may, refuses them): each is tried alone and a refusal is logged.
+fn optional_boot_msrs() -> Vec<Msr> {
     const MTRR_ENABLE: u64 = 1 << 11;
     const MTRR_MEM_TYPE_WB: u64 = 0x6;
     [
-        (0x174, 0),                              // IA32_SYSENTER_CS
-        (0x175, 0),                              // IA32_SYSENTER_ESP
-        (0x176, 0),                              // IA32_SYSENTER_EIP
-        (0xc000_0081, 0),                        // STAR
-        (0xc000_0082, 0),                        // LSTAR
-        (0xc000_0083, 0),                        // CSTAR
-        (0xc000_0084, 0),                        // SYSCALL_MASK
-        (0xc000_0102, 0),                        // KERNEL_GS_BASE
-        (0x10, 0),                               // IA32_TSC
         (0x1a0, 1),                              // IA32_MISC_ENABLE: fast strings
         (0x2ff, MTRR_ENABLE | MTRR_MEM_TYPE_WB), // MTRRdefType
     ]
@@ -80,6 +91,14 @@ pub fn configure_vcpu(
     vcpu.set_cpuid(&cpuid::filter(supported_cpuid, id, cpus))
         .map_err(err)?;
     vcpu.set_msrs(&boot_msrs()).map_err(err)?;
+    for msr in optional_boot_msrs() {
+        if let Err(e) = vcpu.set_msrs(&[msr]) {
+            log::debug!(
+                "vCPU {id}: MSR {:#x} left as the hypervisor has it: {e}",
+                msr.index
+            );
+        }
+    }
     vcpu.set_fpu(&Fpu {
         fcw: 0x37f,
         mxcsr: 0x1f80,
@@ -147,7 +166,7 @@ mod tests {
 
     #[test]
     fn boot_msrs_are_unique() {
-        let m = boot_msrs();
+        let m = [boot_msrs(), optional_boot_msrs()].concat();
         let mut idx: Vec<u32> = m.iter().map(|m| m.index).collect();
         idx.sort();
         idx.dedup();
