@@ -53,6 +53,13 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
             "or-byte",
             emulator::seed(long, regs(0, 0, 0, dev), &[0x80, 0x4f, 0x08, 0x80]),
         );
+        let mut outs = regs(0, 4, 0x9000, 0);
+        outs[2] = 0x3f8; // RDX: the port
+        add(
+            "emulator",
+            "rep-outsb",
+            emulator::seed(long, outs, &[0xf3, 0x6e]),
+        );
         let mut moffs = vec![0x48, 0xa1];
         moffs.extend_from_slice(&(dev + 0x20).to_le_bytes());
         add(

@@ -60,8 +60,8 @@ pub fn string_step(insn: &Instruction) -> Option<StringStep> {
         _ => (Register::CX, Register::SI, Register::DI),
     };
     Some(StringStep {
-        reads_si: !matches!(op, StringOp::Stos),
-        writes_di: !matches!(op, StringOp::Lods),
+        reads_si: matches!(op, StringOp::Movs | StringOp::Lods | StringOp::Outs),
+        writes_di: matches!(op, StringOp::Movs | StringOp::Stos | StringOp::Ins),
         size: size as u64,
         rep: insn.has_rep_prefix() || insn.has_repne_prefix(),
         cx,
@@ -143,6 +143,10 @@ enum StringOp {
     Movs,
     Stos,
     Lods,
+    /// Port DX into [RDI].
+    Ins,
+    /// [RSI] out to port DX.
+    Outs,
 }
 
 /// The string instructions, with their element size.
@@ -161,6 +165,12 @@ fn string_op(code: Code) -> Option<(StringOp, usize)> {
         Code::Lodsw_AX_m16 => (Lods, 2),
         Code::Lodsd_EAX_m32 => (Lods, 4),
         Code::Lodsq_RAX_m64 => (Lods, 8),
+        Code::Insb_m8_DX => (Ins, 1),
+        Code::Insw_m16_DX => (Ins, 2),
+        Code::Insd_m32_DX => (Ins, 4),
+        Code::Outsb_DX_m8 => (Outs, 1),
+        Code::Outsw_DX_m16 => (Outs, 2),
+        Code::Outsd_DX_m32 => (Outs, 4),
         _ => return None,
     })
 }
@@ -407,7 +417,9 @@ impl Machine<'_> {
         Ok(())
     }
 
-    /// One iteration of MOVS, STOS or LODS; with REP, RIP stays until the count is spent.
+    /// One iteration of MOVS, STOS, LODS, INS or OUTS; with REP, RIP stays until the count is
+    /// spent. The port accesses of INS and OUTS go to the handler's port side and are not
+    /// among the recorded (MMIO) accesses.
     fn string(
         &mut self,
         insn: &Instruction,
@@ -478,6 +490,27 @@ impl Machine<'_> {
                 let src = self.address(insn, s)?;
                 let v = self.load(src, size)?;
                 self.set_reg(insn, insn.op0_register(), v)?;
+                self.bump(insn, si, step)?;
+            }
+            StringOp::Ins => {
+                let Some(d) = dst_op else {
+                    return Err(self.unsupported(insn, "a string operand form it does not know"));
+                };
+                let dst = self.address(insn, d)?;
+                let port = self.reg(insn, Register::DX)? as u16;
+                let mut b = [0u8; 8];
+                self.io.pio_read(port, &mut b[..size]);
+                self.store(dst, size, u64::from_le_bytes(b))?;
+                self.bump(insn, di, step)?;
+            }
+            StringOp::Outs => {
+                let Some(s) = src_op else {
+                    return Err(self.unsupported(insn, "a string operand form it does not know"));
+                };
+                let src = self.address(insn, s)?;
+                let port = self.reg(insn, Register::DX)? as u16;
+                let v = self.load(src, size)?;
+                self.io.pio_write(port, &v.to_le_bytes()[..size]);
                 self.bump(insn, si, step)?;
             }
         }

@@ -54,15 +54,22 @@ impl GuestRam for TestRam {
     }
 }
 
+/// Device accesses, and port accesses apart (port, write, data).
 #[derive(Default)]
-struct TestIo(RefCell<Vec<(u64, bool, Vec<u8>)>>);
+struct TestIo(
+    RefCell<Vec<(u64, bool, Vec<u8>)>>,
+    RefCell<Vec<(u16, bool, Vec<u8>)>>,
+);
 
 impl IoHandler for TestIo {
-    fn pio_read(&self, _port: u16, _data: &mut [u8]) {
-        panic!("the emulator does no port I/O");
+    fn pio_read(&self, port: u16, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = 0xa0 + i as u8;
+        }
+        self.1.borrow_mut().push((port, false, data.to_vec()));
     }
-    fn pio_write(&self, _port: u16, _data: &[u8]) {
-        panic!("the emulator does no port I/O");
+    fn pio_write(&self, port: u16, data: &[u8]) {
+        self.1.borrow_mut().push((port, true, data.to_vec()));
     }
     fn mmio_read(&self, addr: u64, data: &mut [u8]) {
         let v = DEVICE_VALUE.to_le_bytes();
@@ -427,6 +434,37 @@ fn rep_stosd_and_lodsw() {
 }
 
 #[test]
+fn rep_outsb_and_rep_insw_are_one_port_access_per_element() {
+    let mut g = Guest::new();
+    g.put(BUF_GPA, b"hi");
+    g.cpu.regs.rsi = BUF_GVA;
+    g.cpu.regs.rdi = BUF_GVA + 0x100;
+    g.cpu.regs.rdx = 0x3f8;
+    g.cpu.regs.rcx = 2;
+    g.code(|a| {
+        a.rep().outsb().unwrap();
+    });
+    g.step();
+    let e = g.step();
+    assert!(e.completed && e.accesses().is_empty());
+    assert_eq!(
+        std::mem::take(&mut *g.io.1.borrow_mut()),
+        vec![(0x3f8, true, b"h".to_vec()), (0x3f8, true, b"i".to_vec())]
+    );
+    g.cpu.regs.rip = CODE_GVA;
+    g.cpu.regs.rcx = 2;
+    g.cpu.regs.rdx = 0x1f0;
+    g.code(|a| {
+        a.rep().insw().unwrap();
+    });
+    g.step();
+    g.step();
+    assert_eq!(g.u64_at(BUF_GPA + 0x100) & 0xffff_ffff, 0xa1a0_a1a0);
+    assert_eq!(g.cpu.regs.rdi, BUF_GVA + 0x104);
+    assert_eq!(g.io.1.borrow().len(), 2);
+}
+
+#[test]
 fn read_modify_write_and_compare_set_the_flags() {
     let mut g = Guest::new();
     g.cpu.regs.rax = DEV_GVA;
@@ -601,7 +639,7 @@ fn protected_mode_without_paging_with_pae_and_with_4m_pages() {
 fn what_it_cannot_do_is_an_error_that_changes_nothing() {
     let mut g = Guest::new();
     g.cpu.regs.rax = DEV_GVA;
-    // SSE load, a jump, NOP, UD2: not MMIO instructions it emulates.
+    // SSE load, NOP, UD2, a jump: not MMIO instructions it emulates.
     g.code(|a| {
         a.movdqu(xmm0, xmmword_ptr(rax)).unwrap();
     });
