@@ -4,7 +4,8 @@
 //! out against the registers, guest RAM and the VMM's [`IoHandler`].
 //!
 //! It covers what guest kernels do to devices: MOV in all its forms (register, immediate,
-//! moffs), MOVZX, MOVSX/MOVSXD, MOVS, STOS and LODS (one iteration per call, with REP: RIP
+//! moffs), MOVZX, MOVSX/MOVSXD, MOVS, STOS, LODS, and INS/OUTS for a hypervisor that hands
+//! string port I/O over undecoded (one iteration per call, with REP: RIP
 //! stays on the instruction until the count runs out, as a CPU interrupted between
 //! iterations leaves it), and the read-modify-write and compare forms of ADD, SUB, AND, OR,
 //! XOR, CMP and TEST, with their flags. Anything else is [`EmulatorError::Unsupported`]; no
@@ -38,6 +39,57 @@ pub trait GuestRam {
     fn read(&self, gpa: u64, data: &mut [u8]) -> bool;
     /// Writes `data` at `gpa`; `false` if that range is not RAM.
     fn write(&self, gpa: u64, data: &[u8]) -> bool;
+}
+
+/// Guest RAM as a VM's memory regions map it (what a backend's emulator path reads). With
+/// `writable` false, writes to RAM are dropped (a check that must not change the guest); a
+/// read-only region is never written.
+pub struct RegionRam<'a> {
+    pub regions: &'a [crate::MemoryRegion],
+    pub writable: bool,
+}
+
+impl RegionRam<'_> {
+    fn host(&self, gpa: u64, len: usize) -> Option<(*mut u8, bool)> {
+        let end = gpa.checked_add(len as u64)?;
+        let r = self
+            .regions
+            .iter()
+            .find(|r| gpa >= r.guest_addr && end <= r.guest_addr.saturating_add(r.size))?;
+        Some(((r.host_addr + (gpa - r.guest_addr)) as *mut u8, r.read_only))
+    }
+}
+
+impl GuestRam for RegionRam<'_> {
+    fn read(&self, gpa: u64, data: &mut [u8]) -> bool {
+        let Some((src, _)) = self.host(gpa, data.len()) else {
+            return false;
+        };
+        for (i, b) in data.iter_mut().enumerate() {
+            // SAFETY: the range lies in a region's host mapping, which the VMM keeps mapped
+            // while the VM exists (add_memory_region's contract). Volatile byte reads: other
+            // vCPUs may be writing the same memory.
+            *b = unsafe { std::ptr::read_volatile(src.add(i)) };
+        }
+        true
+    }
+
+    fn write(&self, gpa: u64, data: &[u8]) -> bool {
+        let Some((dst, read_only)) = self.host(gpa, data.len()) else {
+            return false;
+        };
+        // A write to a read-only region is the device's (as the hypervisor treats it).
+        if read_only {
+            return false;
+        }
+        if self.writable {
+            for (i, b) in data.iter().enumerate() {
+                // SAFETY: as for `read`; the region is writable guest RAM.
+                unsafe { std::ptr::write_volatile(dst.add(i), *b) };
+            }
+        }
+        true
+    }
 }
 
 /// Why an instruction was not emulated. The registers and memory are as they were, except

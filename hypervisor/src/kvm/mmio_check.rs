@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use kvm_ioctls::VcpuFd;
 
-use crate::emulator::{self, regs, CpuState, GuestRam};
+use crate::emulator::{self, regs, CpuState, GuestRam, RegionRam};
 use crate::x86_64::{Regs, Sregs};
 use crate::{IoHandler, MemoryRegion};
 
@@ -22,40 +22,6 @@ pub const ENV: &str = "BERTH_KVM_CHECK_MMIO";
 /// Whether the check is asked for.
 pub fn enabled() -> bool {
     std::env::var_os(ENV).is_some_and(|v| v == "1")
-}
-
-/// Guest RAM as the VM's memory slots map it. Writes are dropped: a check must not change
-/// the guest (it only answers whether an address is RAM).
-struct SlotRam<'a>(&'a [MemoryRegion]);
-
-impl SlotRam<'_> {
-    fn host(&self, gpa: u64, len: usize) -> Option<*const u8> {
-        let end = gpa.checked_add(len as u64)?;
-        let r = self
-            .0
-            .iter()
-            .find(|r| gpa >= r.guest_addr && end <= r.guest_addr + r.size)?;
-        Some((r.host_addr + (gpa - r.guest_addr)) as *const u8)
-    }
-}
-
-impl GuestRam for SlotRam<'_> {
-    fn read(&self, gpa: u64, data: &mut [u8]) -> bool {
-        let Some(src) = self.host(gpa, data.len()) else {
-            return false;
-        };
-        for (i, b) in data.iter_mut().enumerate() {
-            // SAFETY: `src..src + len` lies in a slot's host mapping, which the VMM keeps
-            // mapped while the VM exists (add_memory_region's contract). Volatile byte reads:
-            // other vCPUs may be writing the same memory.
-            *b = unsafe { std::ptr::read_volatile(src.add(i)) };
-        }
-        true
-    }
-
-    fn write(&self, gpa: u64, data: &[u8]) -> bool {
-        self.host(gpa, data.len()).is_some()
-    }
 }
 
 /// Answers the emulator's device reads with what the device gave KVM's access.
@@ -108,7 +74,10 @@ impl MmioCheck {
             sregs: Sregs::from(s),
         };
         let regions = self.regions.read().unwrap_or_else(|e| e.into_inner());
-        let ram = SlotRam(&regions);
+        let ram = RegionRam {
+            regions: &regions,
+            writable: false,
+        };
         let replay = Replay { data };
         let matches = |mut pre: CpuState| -> Result<bool, emulator::EmulatorError> {
             let e = emulator::emulate(&mut pre, &ram, &replay)?;

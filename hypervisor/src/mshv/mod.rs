@@ -27,7 +27,7 @@ use mshv_bindings::{
 use mshv_ioctls::{InterruptRequest, Mshv, VcpuFd, VmFd};
 
 use crate::arch::{IrqChipConfig, IrqChipMode};
-use crate::emulator::{self, CpuState, GuestRam};
+use crate::emulator::{self, CpuState, RegionRam};
 use crate::irq::{Datamatch, IoEventAddress, IrqChip, IrqRoute, MsiMessage};
 use crate::{
     Error, EventFd, Hypervisor, HypervisorKind, IoHandler, MemoryRegion, Result, Vcpu, VcpuExit, Vm,
@@ -50,18 +50,11 @@ pub struct MshvHypervisor {
 impl MshvHypervisor {
     pub fn new() -> Result<Self> {
         let mshv = Mshv::new().map_err(|e| {
-            let path = MSHV_PATH.to_string();
-            match e.errno() {
-                libc::ENOENT => Error::DeviceMissing {
-                    path,
-                    fix: "berth must run in Hyper-V's root partition with the mshv_root driver loaded (modprobe mshv_root)",
-                },
-                libc::EACCES | libc::EPERM => Error::DeviceAccess { path },
-                _ => Error::DeviceOpen {
-                    path,
-                    source: e.into(),
-                },
-            }
+            Error::device_open(
+                MSHV_PATH,
+                e.errno(),
+                "berth must run in Hyper-V's root partition with the mshv_root driver loaded (modprobe mshv_root)",
+            )
         })?;
         Ok(MshvHypervisor { mshv })
     }
@@ -343,48 +336,6 @@ pub struct MshvVcpu {
     cpuid: Vec<crate::arch::CpuidEntry>,
 }
 
-/// Guest RAM through the partition's mappings.
-struct SlotRam<'a>(&'a [MemoryRegion]);
-
-impl SlotRam<'_> {
-    fn host(&self, gpa: u64, len: usize) -> Option<*mut u8> {
-        let end = gpa.checked_add(len as u64)?;
-        let r = self
-            .0
-            .iter()
-            .find(|r| gpa >= r.guest_addr && end <= r.guest_addr + r.size)?;
-        Some((r.host_addr + (gpa - r.guest_addr)) as *mut u8)
-    }
-}
-
-impl GuestRam for SlotRam<'_> {
-    fn read(&self, gpa: u64, data: &mut [u8]) -> bool {
-        let Some(src) = self.host(gpa, data.len()) else {
-            return false;
-        };
-        for (i, b) in data.iter_mut().enumerate() {
-            // SAFETY: the range lies in a region's host mapping, which the VMM keeps while the
-            // VM exists (add_memory_region's contract); volatile: vCPUs write it concurrently.
-            *b = unsafe { std::ptr::read_volatile(src.add(i)) };
-        }
-        true
-    }
-
-    fn write(&self, gpa: u64, data: &[u8]) -> bool {
-        let read_only = self.0.iter().any(|r| {
-            r.read_only && gpa >= r.guest_addr && gpa < r.guest_addr.saturating_add(r.size)
-        });
-        let Some(dst) = self.host(gpa, data.len()).filter(|_| !read_only) else {
-            return false;
-        };
-        for (i, b) in data.iter().enumerate() {
-            // SAFETY: as for `read`; the region is writable guest RAM.
-            unsafe { std::ptr::write_volatile(dst.add(i), *b) };
-        }
-        true
-    }
-}
-
 impl MshvVcpu {
     /// Moves RIP past the instruction an intercept reported.
     fn skip(&self, rip: u64, length: u8) -> Result<()> {
@@ -399,13 +350,9 @@ impl MshvVcpu {
     }
 
     fn port(&self, p: PortAccess, io: &dyn IoHandler) -> Result<VcpuExit> {
+        // INS/OUTS: the emulator does one element from the registers and guest memory.
         if p.string {
-            return Ok(VcpuExit::Unhandled {
-                what: format!(
-                    "string port I/O on port {:#x} (INS/OUTS are not emulated on MSHV yet)",
-                    p.port
-                ),
-            });
+            return self.memory(io);
         }
         let mut r = self
             .fd
@@ -431,6 +378,7 @@ impl MshvVcpu {
         Ok(VcpuExit::Io)
     }
 
+    /// Emulates the instruction at RIP (an MMIO access, or INS/OUTS).
     fn memory(&self, io: &dyn IoHandler) -> Result<VcpuExit> {
         let r = self
             .fd
@@ -445,7 +393,11 @@ impl MshvVcpu {
             sregs: regs::sregs_from(&s),
         };
         let regions = self.regions.read().unwrap_or_else(|e| e.into_inner());
-        match emulator::emulate(&mut cpu, &SlotRam(&regions), io) {
+        let ram = RegionRam {
+            regions: &regions,
+            writable: true,
+        };
+        match emulator::emulate(&mut cpu, &ram, io) {
             Ok(_) => {
                 self.fd
                     .set_regs(&regs::regs_into(&cpu.regs))
