@@ -37,6 +37,20 @@ pub enum Error {
 }
 
 impl Error {
+    /// Opening a backend's device node failed with `errno`: missing (with the backend's
+    /// `fix`), no permission, or anything else as it is.
+    pub fn device_open(path: &str, errno: i32, fix: &'static str) -> Self {
+        let path = path.to_string();
+        match errno {
+            libc::ENOENT => Error::DeviceMissing { path, fix },
+            libc::EACCES | libc::EPERM => Error::DeviceAccess { path },
+            _ => Error::DeviceOpen {
+                path,
+                source: std::io::Error::from_raw_os_error(errno),
+            },
+        }
+    }
+
     /// Wraps a failed ioctl (errno) with the name of the operation.
     pub fn ioctl(op: &'static str, e: impl Into<std::io::Error>) -> Self {
         Error::Ioctl {

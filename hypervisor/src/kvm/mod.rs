@@ -58,18 +58,11 @@ impl KvmHypervisor {
     /// Opens /dev/kvm and checks the API version and the capabilities berth needs.
     pub fn new() -> Result<Self> {
         let kvm = Kvm::new().map_err(|e| {
-            let path = KVM_PATH.to_string();
-            match e.errno() {
-                libc::ENOENT => Error::DeviceMissing {
-                    path,
-                    fix: "load the KVM module (modprobe kvm_intel or kvm_amd) or enable virtualization in the firmware",
-                },
-                libc::EACCES | libc::EPERM => Error::DeviceAccess { path },
-                _ => Error::DeviceOpen {
-                    path,
-                    source: e.into(),
-                },
-            }
+            Error::device_open(
+                KVM_PATH,
+                e.errno(),
+                "load the KVM module (modprobe kvm_intel or kvm_amd) or enable virtualization in the firmware",
+            )
         })?;
         let version = kvm.get_api_version();
         if version != kvm_bindings::KVM_API_VERSION as i32 {
