@@ -767,6 +767,50 @@ impl fmt::Display for HostOutcome {
     }
 }
 
+/// What `berth check` printed on `arch`'s real KVM: natively where this machine has it, else
+/// in the emulated host. `None` when neither can run here (the test skips, as the harness
+/// says). Panics, with the context, if the emulated host itself failed.
+pub fn berth_check(arch: crate::Arch) -> Option<(Option<i32>, String, String)> {
+    let mode = crate::mode(arch)?;
+    let berth = crate::berth_bin(arch).unwrap_or_else(|e| panic!("{e}"));
+    Some(match mode {
+        crate::Mode::Native => {
+            let out = std::process::Command::new(&berth)
+                .arg("check")
+                .output()
+                .expect("run berth check");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+        crate::Mode::EmulatedHost => {
+            let out = HostRun::new(arch, "/bin/berth check\n")
+                .executable(&berth, "/bin/berth")
+                .run()?;
+            assert!(out.problem.is_none() && out.kvm, "{out}");
+            (out.status, out.stdout.clone(), format!("{out}"))
+        }
+    })
+}
+
+/// Fails unless every case in `must_pass` has a PASS row and nothing failed or was skipped.
+pub fn assert_check_passed(status: Option<i32>, stdout: &str, context: &str, must_pass: &[&str]) {
+    eprintln!("{stdout}");
+    assert_eq!(status, Some(0), "{stdout}\n{context}");
+    assert!(stdout.starts_with("hypervisor: kvm\n"), "{stdout}");
+    for case in must_pass {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.split_whitespace().take(2).eq([*case, "PASS"])),
+            "{case} did not pass:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains(" passed, 0 failed, 0 skipped"), "{stdout}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

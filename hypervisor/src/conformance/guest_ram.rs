@@ -2,6 +2,9 @@
 
 use std::ptr::NonNull;
 
+use super::{step, Outcome};
+use crate::{MemoryRegion, Vm};
+
 /// A private anonymous mapping, unmapped on drop. The kit hands it to the hypervisor, so it
 /// must outlive the VM: keep it in the same struct, declared after the VM (dropped later).
 pub struct GuestRam {
@@ -67,4 +70,30 @@ impl Drop for GuestRam {
         // SAFETY: the mapping was made by `new` with this length and is not used after drop.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
+}
+
+/// Maps `size` more bytes at `at` into `vm` as `slot` (read-only if asked), starting with
+/// `init`; the memory goes to `slots`, which the caller keeps until the VM is gone.
+pub fn add_slot(
+    vm: &dyn Vm,
+    slots: &mut Vec<GuestRam>,
+    slot: u32,
+    at: u64,
+    size: usize,
+    read_only: bool,
+    init: &[u8],
+) -> Result<MemoryRegion, Outcome> {
+    let mut mem = step("map the slot's memory", GuestRam::new(size))?;
+    mem.write(0, init);
+    let region = MemoryRegion {
+        slot,
+        guest_addr: at,
+        size: size as u64,
+        host_addr: mem.host_addr(),
+        read_only,
+    };
+    slots.push(mem);
+    // SAFETY: the mapping is in `slots`, which the caller drops after the VM and its vCPUs.
+    step("add a memory slot", unsafe { vm.add_memory_region(region) })?;
+    Ok(region)
 }

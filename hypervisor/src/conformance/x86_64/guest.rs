@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::super::guest_ram::GuestRam;
+use super::super::guest_ram::{add_slot, GuestRam};
 use super::super::recorder::Recorder;
 pub use super::super::run::run_vcpu;
 use super::super::{step, Outcome};
@@ -135,21 +135,7 @@ impl Guest {
         read_only: bool,
         init: &[u8],
     ) -> Result<MemoryRegion, Outcome> {
-        let mut mem = step("map the slot's memory", GuestRam::new(4096))?;
-        mem.write(0, init);
-        let region = MemoryRegion {
-            slot,
-            guest_addr: at,
-            size: 4096,
-            host_addr: mem.host_addr(),
-            read_only,
-        };
-        self.slots.push(mem);
-        // SAFETY: the mapping is in `self.slots`, dropped after the VM and its vCPUs.
-        step("add a memory slot", unsafe {
-            self.vm.add_memory_region(region)
-        })?;
-        Ok(region)
+        add_slot(&*self.vm, &mut self.slots, slot, at, 4096, read_only, init)
     }
 
     /// Runs vCPU 0 until the guest writes the done port. See [`run_vcpu`].
