@@ -36,10 +36,11 @@ pub fn decode(cpu: &CpuState, ram: &dyn GuestRam) -> Result<Instruction, Emulato
     fetch(cpu, ram, bitness(cpu))
 }
 
-/// One iteration of a string instruction, as far as undoing it needs: whether it reads
-/// `[RSI]` (MOVS, LODS) and writes `[RDI]` (MOVS, STOS), its element size, REP, and the
-/// count and index registers of its address size.
+/// One iteration of a string instruction: which it is, whether it reads `[RSI]` (MOVS, LODS,
+/// OUTS) and writes `[RDI]` (MOVS, STOS, INS), its element size, REP, and the count and index
+/// registers of its address size. The emulator carries it out; the KVM check undoes it.
 pub struct StringStep {
+    op: StringOp,
     pub reads_si: bool,
     pub writes_di: bool,
     pub size: u64,
@@ -60,6 +61,7 @@ pub fn string_step(insn: &Instruction) -> Option<StringStep> {
         _ => (Register::CX, Register::SI, Register::DI),
     };
     Some(StringStep {
+        op,
         reads_si: matches!(op, StringOp::Movs | StringOp::Lods | StringOp::Outs),
         writes_di: matches!(op, StringOp::Movs | StringOp::Stos | StringOp::Ins),
         size: size as u64,
@@ -216,8 +218,8 @@ impl Machine<'_> {
     }
 
     fn execute(&mut self, insn: &Instruction) -> Result<(), EmulatorError> {
-        if let Some((op, size)) = string_op(insn.code()) {
-            return self.string(insn, op, size);
+        if let Some(step) = string_step(insn) {
+            return self.string(insn, &step);
         }
         let has_memory = (0..insn.op_count()).any(|i| insn.op_kind(i) == OpKind::Memory);
         let size = insn.memory_size().size();
@@ -420,104 +422,68 @@ impl Machine<'_> {
     /// One iteration of MOVS, STOS, LODS, INS or OUTS; with REP, RIP stays until the count is
     /// spent. The port accesses of INS and OUTS go to the handler's port side and are not
     /// among the recorded (MMIO) accesses.
-    fn string(
-        &mut self,
-        insn: &Instruction,
-        op: StringOp,
-        size: usize,
-    ) -> Result<(), EmulatorError> {
-        // The address size shows in the operands' kinds.
-        let find =
-            |wanted: fn(OpKind) -> bool| (0..insn.op_count()).find(|&i| wanted(insn.op_kind(i)));
-        let dst_op = find(|k| {
-            matches!(
-                k,
-                OpKind::MemoryESRDI | OpKind::MemoryESEDI | OpKind::MemoryESDI
-            )
-        });
-        let src_op = find(|k| {
-            matches!(
-                k,
-                OpKind::MemorySegRSI | OpKind::MemorySegESI | OpKind::MemorySegSI
-            )
-        });
-        let kind = dst_op.or(src_op).map(|i| insn.op_kind(i));
-        let (cx, si, di, asize) = match kind {
-            Some(OpKind::MemoryESRDI | OpKind::MemorySegRSI) => {
-                (Register::RCX, Register::RSI, Register::RDI, 8)
-            }
-            Some(OpKind::MemoryESEDI | OpKind::MemorySegESI) => {
-                (Register::ECX, Register::ESI, Register::EDI, 4)
-            }
-            Some(_) => (Register::CX, Register::SI, Register::DI, 2),
-            None => return Err(self.unsupported(insn, "a string operand form it does not know")),
-        };
-        // REPNE (F2) repeats these as REP does.
-        let rep = insn.has_rep_prefix() || insn.has_repne_prefix();
-        if rep && self.reg(insn, cx)? == 0 {
+    fn string(&mut self, insn: &Instruction, s: &StringStep) -> Result<(), EmulatorError> {
+        if s.rep && self.reg(insn, s.cx)? == 0 {
             self.advance(insn);
             return Ok(());
         }
-        let step = if self.cpu.regs.rflags & DF != 0 {
-            (size as u64).wrapping_neg()
-        } else {
-            size as u64
+        let operand = |kinds: [OpKind; 3]| {
+            (0..insn.op_count())
+                .find(|&i| kinds.contains(&insn.op_kind(i)))
+                .ok_or_else(|| self.unsupported(insn, "a string operand form it does not know"))
         };
-        match op {
-            StringOp::Movs => {
-                let (Some(s), Some(d)) = (src_op, dst_op) else {
-                    return Err(self.unsupported(insn, "a string operand form it does not know"));
-                };
-                let (src, dst) = (self.address(insn, s)?, self.address(insn, d)?);
-                let v = self.load(src, size)?;
-                self.store(dst, size, v)?;
-                self.bump(insn, si, step)?;
-                self.bump(insn, di, step)?;
-            }
-            StringOp::Stos => {
-                let Some(d) = dst_op else {
-                    return Err(self.unsupported(insn, "a string operand form it does not know"));
-                };
-                let dst = self.address(insn, d)?;
-                let v = self.reg(insn, insn.op1_register())?;
-                self.store(dst, size, v)?;
-                self.bump(insn, di, step)?;
-            }
-            StringOp::Lods => {
-                let Some(s) = src_op else {
-                    return Err(self.unsupported(insn, "a string operand form it does not know"));
-                };
-                let src = self.address(insn, s)?;
-                let v = self.load(src, size)?;
-                self.set_reg(insn, insn.op0_register(), v)?;
-                self.bump(insn, si, step)?;
-            }
-            StringOp::Ins => {
-                let Some(d) = dst_op else {
-                    return Err(self.unsupported(insn, "a string operand form it does not know"));
-                };
-                let dst = self.address(insn, d)?;
+        let src = if s.reads_si {
+            let i = operand([
+                OpKind::MemorySegRSI,
+                OpKind::MemorySegESI,
+                OpKind::MemorySegSI,
+            ])?;
+            Some(self.address(insn, i)?)
+        } else {
+            None
+        };
+        let dst = if s.writes_di {
+            let i = operand([OpKind::MemoryESRDI, OpKind::MemoryESEDI, OpKind::MemoryESDI])?;
+            Some(self.address(insn, i)?)
+        } else {
+            None
+        };
+        let size = s.size as usize;
+        // The element: from [RSI], a port (INS) or the accumulator (STOS)...
+        let v = match (src, s.op) {
+            (Some(a), _) => self.load(a, size)?,
+            (None, StringOp::Ins) => {
                 let port = self.reg(insn, Register::DX)? as u16;
                 let mut b = [0u8; 8];
                 self.io.pio_read(port, &mut b[..size]);
-                self.store(dst, size, u64::from_le_bytes(b))?;
-                self.bump(insn, di, step)?;
+                u64::from_le_bytes(b)
             }
-            StringOp::Outs => {
-                let Some(s) = src_op else {
-                    return Err(self.unsupported(insn, "a string operand form it does not know"));
-                };
-                let src = self.address(insn, s)?;
+            (None, _) => self.reg(insn, insn.op1_register())?,
+        };
+        // ...to [RDI], a port (OUTS) or the accumulator (LODS).
+        match (dst, s.op) {
+            (Some(a), _) => self.store(a, size, v)?,
+            (None, StringOp::Outs) => {
                 let port = self.reg(insn, Register::DX)? as u16;
-                let v = self.load(src, size)?;
                 self.io.pio_write(port, &v.to_le_bytes()[..size]);
-                self.bump(insn, si, step)?;
             }
+            (None, _) => self.set_reg(insn, insn.op0_register(), v)?,
         }
-        if rep {
-            let left = self.reg(insn, cx)?.wrapping_sub(1);
-            self.set_reg(insn, cx, left)?;
-            if left & mask(asize) != 0 {
+        let step = if self.cpu.regs.rflags & DF != 0 {
+            s.size.wrapping_neg()
+        } else {
+            s.size
+        };
+        if s.reads_si {
+            self.bump(insn, s.si, step)?;
+        }
+        if s.writes_di {
+            self.bump(insn, s.di, step)?;
+        }
+        if s.rep {
+            let left = self.reg(insn, s.cx)?.wrapping_sub(1);
+            self.set_reg(insn, s.cx, left)?;
+            if left & mask(s.cx.size()) != 0 {
                 self.out.completed = false;
                 return Ok(());
             }
