@@ -49,11 +49,7 @@ pub fn run(mut vcpu: Box<dyn Vcpu>, ctx: VcpuContext, kicker_tx: Sender<(u32, Ki
                 crate::platform::log_shutdown(&*vcpu);
                 VmEvent::System(SystemEvent::Reset)
             }
-            Ok(VcpuExit::IoapicEoi { vector }) => {
-                ctx.interrupts.end_of_interrupt(vector);
-                continue;
-            }
-            Ok(exit) => match handle_exit(id, exit) {
+            Ok(exit) => match handle_exit(id, exit, &ctx.interrupts) {
                 Some(ev) => ev,
                 None => continue,
             },
@@ -114,14 +110,14 @@ impl IoHandler for VcpuContext {
 }
 
 /// Handles one exit other than I/O; returns an event when the VM must stop.
-fn handle_exit(cpu: u32, exit: VcpuExit) -> Option<VmEvent> {
+fn handle_exit(cpu: u32, exit: VcpuExit, interrupts: &Interrupts) -> Option<VmEvent> {
     log::trace!("exit {exit:?}");
     match exit {
         // With the interrupt controller in the hypervisor a halt never reaches us; if a backend
         // reports one, running again waits in the hypervisor for the next interrupt.
         VcpuExit::Io | VcpuExit::Halt | VcpuExit::Interrupted => {}
-        // Handled by the caller (it needs the interrupt wiring).
-        VcpuExit::IoapicEoi { .. } => {}
+        // Split irqchip mode: berth's IOAPIC may deliver a level pin again.
+        VcpuExit::IoapicEoi { vector } => interrupts.end_of_interrupt(vector),
         VcpuExit::System(ev) => return Some(VmEvent::System(ev)),
         VcpuExit::Shutdown => return Some(VmEvent::System(SystemEvent::Reset)),
         VcpuExit::InternalError { code, what } => {
