@@ -114,14 +114,15 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
             backend: hv.kind().to_string(),
         });
     }
-    // The interrupt controller the user chose must be one the backend has (MSHV: split only).
+    // The architecture's interrupt controller (aarch64 refuses split mode, saying why), which
+    // must be one the backend has (MSHV: split only).
+    let irq_config = platform::irq_chip_config(args.cpus, args.irqchip)?;
     let caps = hv.capabilities();
     let (offered, wanted, other) = match args.irqchip {
         IrqchipChoice::Kernel => (caps.irqchip_kernel, "kernel", "split"),
         IrqchipChoice::Split => (caps.irqchip_split, "split", "kernel"),
     };
-    // aarch64 refuses split by itself below, with its own reason.
-    if !offered && (cfg!(target_arch = "x86_64") || args.irqchip == IrqchipChoice::Kernel) {
+    if !offered {
         return Err(Error::IrqchipMode {
             wanted,
             other,
@@ -138,7 +139,7 @@ pub fn run(args: &RunArgs, start: Instant) -> Result<Outcome> {
     memory::register(&*vm, &mem)?;
     // The interrupt controller comes first and is finalised once every vCPU exists (the GIC
     // sizes itself by them); irqfds can be registered only after that.
-    let irqchip = vm.create_irq_chip(&platform::irq_chip_config(args.cpus, args.irqchip)?)?;
+    let irqchip = vm.create_irq_chip(&irq_config)?;
     let mut vcpus = Vec::with_capacity(args.cpus as usize);
     for id in 0..args.cpus {
         vcpus.push(vm.create_vcpu(id)?);
