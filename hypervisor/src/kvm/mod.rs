@@ -345,8 +345,16 @@ impl Vcpu for KvmVcpu {
         let run_area: *const kvm_bindings::kvm_run = self.fd.get_kvm_run();
         // An MMIO access to check after the exit's borrow of kvm_run ends: address, data,
         // length, write.
+        // Only in the check's debug mode: nothing is copied otherwise.
+        #[cfg(target_arch = "x86_64")]
+        let checking = self.mmio_check.is_some();
+        #[cfg(not(target_arch = "x86_64"))]
+        let checking = false;
         let mut to_check: Option<(u64, [u8; 8], usize, bool)> = None;
         let mut note = |addr: u64, data: &[u8], write: bool| {
+            if !checking {
+                return;
+            }
             let mut b = [0u8; 8];
             let n = data.len().min(8);
             b[..n].copy_from_slice(&data[..n]);
