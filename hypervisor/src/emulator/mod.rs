@@ -45,8 +45,18 @@ pub trait GuestRam {
 /// `writable` false, writes to RAM are dropped (a check that must not change the guest); a
 /// read-only region is never written.
 pub struct RegionRam<'a> {
-    pub regions: &'a [crate::MemoryRegion],
-    pub writable: bool,
+    regions: &'a [crate::MemoryRegion],
+    writable: bool,
+}
+
+impl<'a> RegionRam<'a> {
+    /// # Safety
+    /// Every region's host range (`host_addr`, `size` bytes) must stay mapped, readable and,
+    /// unless the region is read-only or `writable` is false, writable, for as long as the
+    /// returned value is used: it reads and writes there.
+    pub unsafe fn new(regions: &'a [crate::MemoryRegion], writable: bool) -> Self {
+        RegionRam { regions, writable }
+    }
 }
 
 impl RegionRam<'_> {
@@ -66,9 +76,8 @@ impl GuestRam for RegionRam<'_> {
             return false;
         };
         for (i, b) in data.iter_mut().enumerate() {
-            // SAFETY: the range lies in a region's host mapping, which the VMM keeps mapped
-            // while the VM exists (add_memory_region's contract). Volatile byte reads: other
-            // vCPUs may be writing the same memory.
+            // SAFETY: the range lies in a region's host mapping, which `new`'s caller keeps
+            // mapped. Volatile byte reads: other vCPUs may be writing the same memory.
             *b = unsafe { std::ptr::read_volatile(src.add(i)) };
         }
         true

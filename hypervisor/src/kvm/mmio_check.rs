@@ -74,10 +74,9 @@ impl MmioCheck {
             sregs: Sregs::from(s),
         };
         let regions = self.regions.read().unwrap_or_else(|e| e.into_inner());
-        let ram = RegionRam {
-            regions: &regions,
-            writable: false,
-        };
+        // SAFETY: these are the VM's memory regions, whose host mappings the VMM keeps while
+        // the VM exists (add_memory_region's contract), and the VM outlives its vCPUs.
+        let ram = unsafe { RegionRam::new(&regions, false) };
         let replay = Replay { data };
         let matches = |mut pre: CpuState| -> Result<bool, emulator::EmulatorError> {
             let e = emulator::emulate(&mut pre, &ram, &replay)?;

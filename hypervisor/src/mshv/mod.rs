@@ -337,18 +337,6 @@ pub struct MshvVcpu {
 }
 
 impl MshvVcpu {
-    /// Moves RIP past the instruction an intercept reported.
-    fn skip(&self, rip: u64, length: u8) -> Result<()> {
-        let mut r = self
-            .fd
-            .get_regs()
-            .map_err(|e| Error::ioctl("get regs", e))?;
-        r.rip = rip.wrapping_add(u64::from(length));
-        self.fd
-            .set_regs(&r)
-            .map_err(|e| Error::ioctl("set regs", e))
-    }
-
     fn port(&self, p: PortAccess, io: &dyn IoHandler) -> Result<VcpuExit> {
         // INS/OUTS: the emulator does one element from the registers and guest memory.
         if p.string {
@@ -393,10 +381,9 @@ impl MshvVcpu {
             sregs: regs::sregs_from(&s),
         };
         let regions = self.regions.read().unwrap_or_else(|e| e.into_inner());
-        let ram = RegionRam {
-            regions: &regions,
-            writable: true,
-        };
+        // SAFETY: these are the VM's memory regions, whose host mappings the VMM keeps while
+        // the VM exists (add_memory_region's contract), and the VM outlives its vCPUs.
+        let ram = unsafe { RegionRam::new(&regions, true) };
         match emulator::emulate(&mut cpu, &ram, io) {
             Ok(_) => {
                 self.fd
@@ -474,17 +461,18 @@ impl Vcpu for MshvVcpu {
                     "MSHV: {} of MSR {index:#x} ignored",
                     if write { "write" } else { "read" }
                 );
+                // One register round trip: a read's EDX:EAX and RIP past the instruction.
+                let mut r = self
+                    .fd
+                    .get_regs()
+                    .map_err(|e| Error::ioctl("get regs", e))?;
                 if !write {
-                    let mut r = self
-                        .fd
-                        .get_regs()
-                        .map_err(|e| Error::ioctl("get regs", e))?;
                     (r.rax, r.rdx) = (0, 0);
-                    self.fd
-                        .set_regs(&r)
-                        .map_err(|e| Error::ioctl("set regs", e))?;
                 }
-                self.skip(rip, length)?;
+                r.rip = rip.wrapping_add(u64::from(length));
+                self.fd
+                    .set_regs(&r)
+                    .map_err(|e| Error::ioctl("set regs", e))?;
                 VcpuExit::Io
             }
             Intercept::ApicEoi { vector } => VcpuExit::IoapicEoi { vector },
