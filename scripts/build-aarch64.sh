@@ -9,8 +9,8 @@
 #   clippy  clippy on every target of the workspace for aarch64, warnings denied, also with
 #           the mshv feature
 #           (Debian's rust-web-clippy, matching rustc-web)
-#   test    the unit tests of hypervisor, arch, devices and berth, built for aarch64 and run under
-#           qemu-user (qemu-aarch64-static); tests that need /dev/kvm are not among them
+#   test    the unit tests of hypervisor (also its mshv half), arch, devices and berth, built
+#           for aarch64 and run under qemu-user (qemu-aarch64-static); tests that need /dev/kvm are not among them
 # Output goes to target/aarch64 (CARGO_TARGET_DIR overrides), apart from the x86_64 build.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -64,7 +64,7 @@ check)
     ;;
 clippy)
     $CARGO clippy --workspace --all-targets --target $TARGET -- -D warnings
-    # The MSHV backend's feature builds on aarch64 too (the backend itself is x86_64-only).
+    # The MSHV backend, whose aarch64 half is built and linted here.
     $CARGO clippy -p hypervisor -p berth --all-targets --target $TARGET --features hypervisor/mshv -- -D warnings
     ;;
 test)
@@ -75,6 +75,8 @@ test)
     $CARGO test --target $TARGET -p hypervisor -p arch -p devices
     # berth's own unit tests (its aarch64 platform half); its integration tests need /dev/kvm.
     $CARGO test --target $TARGET -p berth --bins
+    # The MSHV backend's aarch64 half: intercepts from TLFS-layout bytes, register names.
+    $CARGO test --target $TARGET -p hypervisor --features mshv --lib mshv
     ;;
 *)
     echo "usage: $0 [build|check|clippy|test]" >&2

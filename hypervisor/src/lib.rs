@@ -19,7 +19,7 @@ mod exit;
 pub mod irq;
 #[cfg(feature = "kvm")]
 pub mod kvm;
-#[cfg(all(feature = "mshv", target_arch = "x86_64"))]
+#[cfg(feature = "mshv")]
 pub mod mshv;
 
 #[cfg(target_arch = "x86_64")]
@@ -46,7 +46,7 @@ use arch::{HypervisorArch, IrqChipConfig, VcpuArch, VmArch};
 pub enum HypervisorKind {
     /// Linux KVM through /dev/kvm.
     Kvm,
-    /// Microsoft Hypervisor through /dev/mshv (Linux in Hyper-V's root partition; x86_64).
+    /// Microsoft Hypervisor through /dev/mshv (Linux in Hyper-V's root partition).
     Mshv,
 }
 
@@ -225,7 +225,7 @@ pub fn install_kick_handler() -> Result<()> {
 const BACKENDS: &[HypervisorKind] = &[
     #[cfg(feature = "kvm")]
     HypervisorKind::Kvm,
-    #[cfg(all(feature = "mshv", target_arch = "x86_64"))]
+    #[cfg(feature = "mshv")]
     HypervisorKind::Mshv,
 ];
 
@@ -268,9 +268,9 @@ fn open_backend(kind: HypervisorKind) -> Result<Arc<dyn Hypervisor>> {
         HypervisorKind::Kvm => Ok(Arc::new(kvm::KvmHypervisor::new()?)),
         #[cfg(not(feature = "kvm"))]
         HypervisorKind::Kvm => Err(Error::NotBuilt(kind)),
-        #[cfg(all(feature = "mshv", target_arch = "x86_64"))]
+        #[cfg(feature = "mshv")]
         HypervisorKind::Mshv => Ok(Arc::new(mshv::MshvHypervisor::new()?)),
-        #[cfg(not(all(feature = "mshv", target_arch = "x86_64")))]
+        #[cfg(not(feature = "mshv"))]
         HypervisorKind::Mshv => Err(Error::NotBuilt(kind)),
     }
 }

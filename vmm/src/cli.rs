@@ -333,7 +333,7 @@ pub enum HypervisorChoice {
     Auto,
     /// Linux KVM (/dev/kvm).
     Kvm,
-    /// Microsoft Hypervisor (/dev/mshv; x86_64, a berth built with the mshv feature).
+    /// Microsoft Hypervisor (/dev/mshv; a berth built with the mshv feature).
     Mshv,
 }
 
