@@ -239,6 +239,45 @@ fn set_routing(vm: &VmFd, entries: &[mshv_user_irq_entry]) -> Result<()> {
         .map_err(|e| Error::ioctl("MSHV_SET_MSI_ROUTING", e))
 }
 
+/// Intercept messages for the tests of both halves, built byte by byte in the Hyper-V TLFS
+/// layouts (a 16-byte message header, then the payload), as mshv-bindings asserts them.
+#[cfg(test)]
+mod test_messages {
+    use mshv_bindings::hv_message;
+
+    /// A 256-byte message of `kind` whose payload has `fields` at their offsets.
+    pub fn message(kind: u32, fields: &[(usize, &[u8])]) -> hv_message {
+        let mut b = [0u8; 256];
+        b[0..4].copy_from_slice(&kind.to_le_bytes());
+        b[4] = 240; // payload size
+        for (at, bytes) in fields {
+            b[16 + at..16 + at + bytes.len()].copy_from_slice(bytes);
+        }
+        // SAFETY: hv_message is plain integers and unions of them, 256 bytes; any bytes are
+        // a valid value, and read_unaligned copies them out.
+        unsafe { std::ptr::read_unaligned(b.as_ptr().cast()) }
+    }
+
+    /// 1000 messages of each of `kinds` with pseudo-random payloads (xorshift, fixed seed).
+    pub fn random(kinds: &[u32]) -> impl Iterator<Item = hv_message> + '_ {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        kinds.iter().flat_map(move |&kind| {
+            (0..1000)
+                .map(|_| {
+                    let mut payload = [0u8; 240];
+                    for b in payload.iter_mut() {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        *b = seed as u8;
+                    }
+                    message(kind, &[(0, &payload)])
+                })
+                .collect::<Vec<_>>()
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

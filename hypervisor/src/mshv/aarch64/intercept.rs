@@ -127,19 +127,7 @@ mod tests {
     //! it: a 16-byte message header, then the payload); none is recorded from a partition,
     //! since this machine has no /dev/mshv.
     use super::*;
-
-    /// A 256-byte message of `kind` whose payload has `fields` at their offsets.
-    fn message(kind: u32, fields: &[(usize, &[u8])]) -> hv_message {
-        let mut b = [0u8; 256];
-        b[0..4].copy_from_slice(&kind.to_le_bytes());
-        b[4] = 240; // payload size
-        for (at, bytes) in fields {
-            b[16 + at..16 + at + bytes.len()].copy_from_slice(bytes);
-        }
-        // SAFETY: hv_message is plain integers and unions of them, 256 bytes; any bytes are
-        // a valid value, and read_unaligned copies them out.
-        unsafe { std::ptr::read_unaligned(b.as_ptr().cast()) }
-    }
+    use crate::mshv::test_messages::{message, random};
 
     /// hv_arm64_memory_intercept_message: header.pc at 8, GPA at 48, syndrome at 56.
     fn memory(kind: u32, pc: u64, gpa: u64, esr: u64) -> hv_message {
@@ -279,27 +267,17 @@ mod tests {
 
     #[test]
     fn any_bytes_decode_to_something() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        for kind in [
+        for m in random(&[
             hv_message_type_HVMSG_UNMAPPED_GPA,
             hv_message_type_HVMSG_GPA_INTERCEPT,
             hv_message_type_HVMSG_ARM64_RESET_INTERCEPT,
-        ] {
-            for _ in 0..1000 {
-                let mut payload = [0u8; 240];
-                for b in payload.iter_mut() {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    *b = seed as u8;
-                }
-                if let Intercept::Memory {
-                    access: Some(a), ..
-                } = decode(&message(kind, &[(0, &payload)]))
-                {
-                    assert!(matches!(a.size, 1 | 2 | 4 | 8) && a.reg <= 31);
-                    let _ = a.loaded(seed);
-                }
+        ]) {
+            if let Intercept::Memory {
+                access: Some(a), ..
+            } = decode(&m)
+            {
+                assert!(matches!(a.size, 1 | 2 | 4 | 8) && a.reg <= 31);
+                let _ = a.loaded(u64::MAX);
             }
         }
     }

@@ -136,19 +136,7 @@ mod tests {
     //! recorded from a partition: this machine has no /dev/mshv. The offsets are those the
     //! bindings assert for each struct.
     use super::*;
-
-    /// A 256-byte message of `kind` whose payload starts with `payload`.
-    fn message(kind: u32, payload: &[(usize, &[u8])]) -> hv_message {
-        let mut b = [0u8; 256];
-        b[0..4].copy_from_slice(&kind.to_le_bytes());
-        b[4] = 240; // payload size
-        for (at, bytes) in payload {
-            b[16 + at..16 + at + bytes.len()].copy_from_slice(bytes);
-        }
-        // SAFETY: hv_message is plain integers and unions of them, 256 bytes; any bytes are
-        // a valid value, and read_unaligned copies them out.
-        unsafe { std::ptr::read_unaligned(b.as_ptr().cast()) }
-    }
+    use crate::mshv::test_messages::{message, random};
 
     /// The 40-byte intercept header: VP 0, instruction length, access type, RIP.
     fn header(length: u8, access: u8, rip: u64) -> Vec<(usize, Vec<u8>)> {
@@ -290,24 +278,14 @@ mod tests {
 
     #[test]
     fn any_bytes_decode_to_something() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        for kind in [
+        for m in random(&[
             hv_message_type_HVMSG_X64_IO_PORT_INTERCEPT,
             hv_message_type_HVMSG_UNMAPPED_GPA,
             hv_message_type_HVMSG_X64_CPUID_INTERCEPT,
             hv_message_type_HVMSG_X64_MSR_INTERCEPT,
             hv_message_type_HVMSG_X64_APIC_EOI,
-        ] {
-            for _ in 0..1000 {
-                let mut payload = [0u8; 240];
-                for b in payload.iter_mut() {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    *b = seed as u8;
-                }
-                let _ = decode(&message(kind, &[(0, &payload)]));
-            }
+        ]) {
+            let _ = decode(&m);
         }
     }
 }
