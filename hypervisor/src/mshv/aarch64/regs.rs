@@ -49,6 +49,10 @@ const SYSREGS: &[(SysReg, hv_register_name)] = &[
     ),
     (
         SysReg::new(3, 0, 4, 1, 0),
+        hv_register_name_HV_ARM64_REGISTER_SP_EL0,
+    ),
+    (
+        SysReg::new(3, 4, 4, 1, 0),
         hv_register_name_HV_ARM64_REGISTER_SP_EL1,
     ),
     (
@@ -181,6 +185,19 @@ mod tests {
         );
         // One berth's table lacks (ICC_IAR1_EL1) is refused, not guessed.
         assert!(name(Reg::Sys(SysReg::new(3, 0, 12, 12, 0))).is_err());
+    }
+
+    #[test]
+    fn stack_pointers_by_their_encodings() {
+        // SP_EL0 is MSR encoding (3, 0, 4, 1, 0), SP_EL1 (3, 4, 4, 1, 0).
+        assert_eq!(
+            name(Reg::Sys(SysReg::new(3, 0, 4, 1, 0))).unwrap(),
+            hv_register_name_HV_ARM64_REGISTER_SP_EL0
+        );
+        assert_eq!(
+            name(Reg::Sys(SysReg::new(3, 4, 4, 1, 0))).unwrap(),
+            hv_register_name_HV_ARM64_REGISTER_SP_EL1
+        );
     }
 
     #[test]
