@@ -22,10 +22,10 @@ use x86_64 as arch;
 use std::sync::{Arc, RwLock};
 
 use mshv_bindings::{
-    mshv_user_irq_entry, mshv_user_irq_table, mshv_user_mem_region, MSHV_SET_MEM_BIT_EXECUTABLE,
-    MSHV_SET_MEM_BIT_WRITABLE,
+    hv_message, mshv_user_irq_entry, mshv_user_irq_table, mshv_user_mem_region,
+    MSHV_SET_MEM_BIT_EXECUTABLE, MSHV_SET_MEM_BIT_WRITABLE,
 };
-use mshv_ioctls::{Mshv, VmFd};
+use mshv_ioctls::{Mshv, VcpuFd, VmFd};
 
 use crate::arch::IrqChipConfig;
 use crate::irq::{Datamatch, IoEventAddress, IrqChip};
@@ -239,6 +239,15 @@ fn set_routing(vm: &VmFd, entries: &[mshv_user_irq_entry]) -> Result<()> {
         .map_err(|e| Error::ioctl("MSHV_SET_MSI_ROUTING", e))
 }
 
+/// Runs the VP until its next intercept; `None` when a signal (a kick) interrupted it.
+fn run_vp(fd: &VcpuFd) -> Result<Option<hv_message>> {
+    match fd.run() {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(None),
+        Err(e) => Err(Error::ioctl("MSHV_RUN_VP", e)),
+    }
+}
+
 /// Intercept messages for the tests of both halves, built byte by byte in the Hyper-V TLFS
 /// layouts (a 16-byte message header, then the payload), as mshv-bindings asserts them.
 #[cfg(test)]
@@ -259,22 +268,22 @@ mod test_messages {
     }
 
     /// 1000 messages of each of `kinds` with pseudo-random payloads (xorshift, fixed seed).
-    pub fn random(kinds: &[u32]) -> impl Iterator<Item = hv_message> + '_ {
+    pub fn random(kinds: &[u32]) -> Vec<hv_message> {
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        kinds.iter().flat_map(move |&kind| {
-            (0..1000)
-                .map(|_| {
-                    let mut payload = [0u8; 240];
-                    for b in payload.iter_mut() {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 7;
-                        seed ^= seed << 17;
-                        *b = seed as u8;
-                    }
-                    message(kind, &[(0, &payload)])
-                })
-                .collect::<Vec<_>>()
-        })
+        let mut out = Vec::with_capacity(kinds.len() * 1000);
+        for &kind in kinds {
+            for _ in 0..1000 {
+                let mut payload = [0u8; 240];
+                for b in payload.iter_mut() {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    *b = seed as u8;
+                }
+                out.push(message(kind, &[(0, &payload)]));
+            }
+        }
+        out
     }
 }
 

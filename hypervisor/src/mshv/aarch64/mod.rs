@@ -39,6 +39,8 @@ const SPI_BASE: u32 = 32;
 /// 7, INTIDs 16 higher).
 const TIMER_VIRT_INTID: u64 = 16 + 11;
 const PMU_INTID: u64 = 16 + 7;
+/// Why routes and signals of MSIs are refused.
+const NO_MSIS: &str = "MSIs on MSHV aarch64 (berth does not describe its MSI frame yet)";
 
 pub(super) const CAPABILITIES: crate::Capabilities = crate::Capabilities {
     irqchip_kernel: true,
@@ -216,20 +218,14 @@ impl IrqChip for MshvIrqChip {
         for r in routes {
             match *r {
                 IrqRoute::Pin { gsi, pin } => entries.push(spi_route(gsi, pin)),
-                IrqRoute::Msi { .. } => {
-                    return Err(Error::Unsupported(
-                        "MSIs on MSHV aarch64 (berth does not describe its MSI frame yet)",
-                    ))
-                }
+                IrqRoute::Msi { .. } => return Err(Error::Unsupported(NO_MSIS)),
             }
         }
         super::set_routing(&self.vm, &entries)
     }
 
     fn signal_msi(&self, _msi: MsiMessage) -> Result<()> {
-        Err(Error::Unsupported(
-            "MSIs on MSHV aarch64 (berth does not describe its MSI frame yet)",
-        ))
+        Err(Error::Unsupported(NO_MSIS))
     }
 
     fn finalize(&self) -> Result<()> {
@@ -280,12 +276,8 @@ impl Vcpu for MshvVcpu {
     }
 
     fn run(&mut self, io: &dyn IoHandler) -> Result<VcpuExit> {
-        let msg = match self.fd.run() {
-            Ok(m) => m,
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                return Ok(VcpuExit::Interrupted)
-            }
-            Err(e) => return Err(Error::ioctl("MSHV_RUN_VP", e)),
+        let Some(msg) = super::run_vp(&self.fd)? else {
+            return Ok(VcpuExit::Interrupted);
         };
         Ok(match intercept::decode(&msg) {
             Intercept::Memory {

@@ -251,12 +251,8 @@ impl Vcpu for MshvVcpu {
     }
 
     fn run(&mut self, io: &dyn IoHandler) -> Result<VcpuExit> {
-        let msg = match self.fd.run() {
-            Ok(m) => m,
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                return Ok(VcpuExit::Interrupted)
-            }
-            Err(e) => return Err(Error::ioctl("MSHV_RUN_VP", e)),
+        let Some(msg) = super::run_vp(&self.fd)? else {
+            return Ok(VcpuExit::Interrupted);
         };
         Ok(match intercept::decode(&msg) {
             Intercept::Halt => VcpuExit::Halt,
